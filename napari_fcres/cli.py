@@ -1,0 +1,453 @@
+"""The ``fcres`` command line: info, train, predict, evaluate, demo, fetch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .config import ARCHITECTURES, PRESET_HELP, PRESETS, Config, config_from_mapping
+from .errors import FcresError, InputError
+
+log = logging.getLogger("napari_fcres")
+
+
+def parse_slices(text: str | None, n: int | None = None) -> list[int] | None:
+    """``"0-19"``, ``"20:30"`` or ``"0,3,5"`` (inclusive ranges with ``-``) -> indices."""
+    if not text:
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if ":" in part:
+                a, b = part.split(":")
+                out.extend(range(int(a), int(b)))
+            elif "-" in part[1:]:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise InputError(f"cannot read slice selection {text!r}; use e.g. 0-19, 20:30 or 1,4,7") \
+            from None
+    if n is not None:
+        bad = [i for i in out if not 0 <= i < n]
+        if bad:
+            raise InputError(f"slice(s) {bad[:5]} outside the stack of {n} slices")
+    return out
+
+
+def load_source(spec: str | Path) -> Any:
+    """Read an image by path, or by the shorthands ``isbi2012:NAME`` and ``sample:image|labels``.
+
+    ``isbi2012:train-volume`` (also ``train-labels``, ``test-volume``) reads the ISBI 2012
+    stack from the local copy or the download cache; ``sample:image`` the embedded
+    synthetic EM stack.
+    """
+    from .io import Volume, read_image
+
+    text = str(spec)
+    if text.startswith("isbi2012:"):
+        from .sample_data import fetch_isbi2012
+
+        name = text.split(":", 1)[1]
+        files = fetch_isbi2012()
+        key = name if name.endswith(".tif") else f"{name}.tif"
+        if key not in files:
+            raise InputError(f"unknown ISBI 2012 file {name!r}; choose one of "
+                             + ", ".join(k.removesuffix(".tif") for k in files))
+        return read_image(files[key])
+    if text.startswith("sample:"):
+        from .sample_data import load_sample_stack
+
+        image, labels = load_sample_stack()
+        which = text.split(":", 1)[1]
+        if which not in ("image", "labels"):
+            raise InputError("use sample:image or sample:labels")
+        return Volume(image if which == "image" else labels, None, text)
+    return read_image(text)
+
+
+def _select(data: np.ndarray, slices: list[int] | None, axis: int = 0) -> np.ndarray:
+    if slices is None:
+        return data
+    if data.ndim != 3:
+        raise InputError("--slices needs a 3D stack")
+    return np.take(data, slices, axis=axis)
+
+
+# ----------------------------------------------------------------------------- info
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .config import preset_config
+    from .models import build_model, count_conv_layers, count_parameters
+
+    cfg = preset_config(args.preset, args.architecture)
+    model = build_model(cfg.model)
+    parts: dict[str, Any] = {}
+    for name, child in model.named_children():
+        parts[name] = {
+            "parameters": count_parameters(child),
+            "conv_layers": count_conv_layers(child, include_projections=False),
+            "projection_convs": count_conv_layers(child) - count_conv_layers(child, False),
+        }
+    info = {
+        "preset": args.preset,
+        "architecture": args.architecture,
+        "description": PRESET_HELP[args.preset],
+        "parameters": count_parameters(model),
+        "size_divisor": model.size_divisor,
+        "parts": parts,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"preset {args.preset} ({PRESET_HELP[args.preset]}), {args.architecture}")
+        for name, p in parts.items():
+            print(f"  {name:13s} {p['parameters'] / 1e6:8.3f} M parameters, "
+                  f"{p['conv_layers']} conv layers (+{p['projection_convs']} 1x1 projections)")
+        print(f"  {'total':13s} {info['parameters'] / 1e6:8.3f} M parameters")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+
+def build_train_config(args: argparse.Namespace) -> Config:
+    """Preset/YAML config with the command-line overrides applied."""
+    raw: dict[str, Any] = {}
+    if args.config:
+        import yaml
+
+        try:
+            raw = yaml.safe_load(Path(args.config).read_text()) or {}
+        except FileNotFoundError:
+            raise InputError(f"config file not found: {args.config}") from None
+    raw.pop("run", None)  # data paths of training/*.yaml, read by training/train.py
+    model = dict(raw.get("model") or {})
+    if args.preset:
+        model["preset"] = args.preset
+    if args.architecture:
+        model["architecture"] = args.architecture
+    if args.init and not args.preset and not args.config:
+        from .checkpoint import config_of, read_checkpoint
+
+        init_cfg = config_of(read_checkpoint(args.init))
+        model = init_cfg.to_dict()["model"]
+    raw["model"] = model
+    train = dict(raw.get("train") or {})
+    for key in ("epochs", "max_minutes", "ensemble", "device", "seed", "batch_size", "crop_size",
+                "lr", "loss", "steps_per_epoch", "patience", "val_every", "val_fraction"):
+        value = getattr(args, key, None)
+        if value is not None:
+            train[key] = value
+    if args.freeze_fcresnet:
+        train["freeze_fcresnet"] = True
+    raw["train"] = train
+    data = dict(raw.get("data") or {})
+    for key in ("foreground_value", "ignore_value", "axis"):
+        value = getattr(args, key, None)
+        if value is not None:
+            data[key] = value
+    if args.partial:
+        data["partial"] = True
+    raw["data"] = data
+    return config_from_mapping(raw)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .training import train
+
+    cfg = build_train_config(args)
+    image = load_source(args.image).data
+    labels = load_source(args.labels).data
+    slices = parse_slices(args.slices, image.shape[cfg.data.axis] if image.ndim == 3 else None)
+    image = _select(image, slices, cfg.data.axis)
+    labels = _select(labels, slices, cfg.data.axis) if labels.ndim == 3 else labels
+    log.info("training %s/%s on %s %s, %d member(s) -> %s", cfg.model.preset,
+             cfg.model.architecture, image.shape, image.dtype, cfg.train.ensemble, args.out)
+    bar = tqdm(total=1000, unit="‰", desc="train", disable=args.quiet, dynamic_ncols=True)
+    gen = train(cfg, image, labels, args.out, resume=args.resume, init_checkpoint=args.init)
+    result = None
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        bar.n = int(p.fraction * 1000)
+        post = {"member": f"{p.member + 1}/{p.n_members}", "epoch": p.epoch}
+        if p.loss is not None:
+            post["loss"] = f"{p.loss:.4f}"
+        if p.best_val_dice is not None:
+            post["best_val_dice"] = f"{p.best_val_dice:.4f}"
+        bar.set_postfix(post, refresh=False)
+        bar.update(0)
+    bar.close()
+    for path, score in zip(result.best_checkpoints, result.best_val_dice, strict=True):
+        print(f"{path}\tbest validation Dice {score:.4f}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- predict
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .checkpoint import find_checkpoints, load_model
+    from .device import resolve_device
+    from .inference import predict
+    from .io import write_image, write_labels
+    from .postprocess import labels_from_probabilities
+
+    device = resolve_device(args.device)
+    paths = find_checkpoints(args.models)
+    models = [load_model(p, device=device)[0] for p in paths]
+    log.info("predicting with %d model(s) on %s", len(models), device)
+    vol = load_source(args.image)
+    image = vol.data
+    slices = parse_slices(args.slices, image.shape[args.axis] if image.ndim == 3 else None)
+    image = _select(image, slices, args.axis)
+    bar = tqdm(total=1, desc="predict", unit="tile", disable=args.quiet, dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    t0 = time.perf_counter()
+    res = predict(
+        models, image, axis=args.axis, tile_size=args.tile, overlap=args.overlap,
+        batch_size=args.batch_size, tta=args.tta, device=device,
+        return_normalized=bool(args.normalized), return_spread=bool(args.spread),
+        progress=progress,
+    )
+    bar.close()
+    log.info("prediction took %.1f s", time.perf_counter() - t0)
+    spacing = vol.spacing
+    labels = labels_from_probabilities(res.probabilities, threshold=args.threshold,
+                                       mode=args.mode, min_size=args.min_size)
+    print(write_labels(args.out, labels, spacing=spacing))
+    if args.probabilities:
+        print(write_image(args.probabilities, res.probabilities, spacing=spacing))
+    if args.normalized:
+        if res.normalized is None:
+            log.warning("the model has no pre-processor output; --normalized not written")
+        else:
+            print(write_image(args.normalized, res.normalized, spacing=spacing))
+    if args.spread and res.spread is not None:
+        print(write_image(args.spread, res.spread, spacing=spacing))
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .metrics import segmentation_scores
+
+    pred = load_source(args.prediction).data
+    labels = load_source(args.labels).data
+    if args.slices:
+        labels = _select(labels, parse_slices(args.slices, labels.shape[0]))
+    if args.prediction_slices:
+        pred = _select(pred, parse_slices(args.prediction_slices, pred.shape[0]))
+    scores = segmentation_scores(pred, labels, threshold=args.threshold,
+                                 foreground_value=args.foreground_value)
+    if args.json:
+        print(json.dumps(scores, indent=2, default=float))
+    else:
+        for key in ("v_rand", "v_info", "dice", "pixel_error"):
+            if key in scores:
+                print(f"{key:12s} {scores[key]:.4f}")
+        if "v_rand_threshold" in scores:
+            print(f"(V_rand at threshold {scores['v_rand_threshold']}, "
+                  f"V_info at {scores['v_info_threshold']})")
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train on the embedded synthetic EM stack, predict held-out slices, evaluate."""
+    from .inference import predict
+    from .io import write_image, write_labels
+    from .metrics import segmentation_scores
+    from .postprocess import labels_from_probabilities
+    from .sample_data import load_sample_stack
+    from .training import run_training
+
+    out = Path(args.out)
+    image, labels = load_sample_stack()
+    n_train = max(1, int(round(image.shape[0] * 0.75)))
+    cfg = config_from_mapping({
+        "model": {"preset": args.preset},
+        "train": {"max_minutes": args.minutes, "epochs": args.epochs, "device": args.device,
+                  "seed": args.seed, "crop_size": min(128, image.shape[1]), "batch_size": 4},
+    })
+    log.info("demo: training %s on %d synthetic slices for up to %.1f min", args.preset,
+             n_train, args.minutes)
+    last = [0.0]
+
+    def report(p: Any) -> None:
+        if p.kind == "validation" or time.perf_counter() - last[0] > 10:
+            last[0] = time.perf_counter()
+            log.info("epoch %d step %d loss %s best val Dice %s", p.epoch, p.step,
+                     f"{p.loss:.4f}" if p.loss is not None else "-",
+                     f"{p.best_val_dice:.4f}" if p.best_val_dice is not None else "-")
+
+    result = run_training(cfg, image[:n_train], labels[:n_train], out / "model",
+                          on_progress=report)
+    from .checkpoint import load_model
+
+    model, _ = load_model(result.best_checkpoints[0])
+    test_image, test_labels = image[n_train:], labels[n_train:]
+    res = predict(model, test_image, return_normalized=True)
+    pred_labels = labels_from_probabilities(res.probabilities, mode="instances")
+    write_image(out / "test_image.tif", test_image)
+    write_image(out / "probabilities.tif", res.probabilities)
+    if res.normalized is not None:
+        write_image(out / "normalized.tif", res.normalized)
+    write_labels(out / "labels.tif", pred_labels)
+    scores = segmentation_scores(res.probabilities, test_labels, foreground_value=255)
+    (out / "scores.json").write_text(json.dumps(scores, indent=2, default=float))
+    print(f"held-out synthetic slices: V_rand {scores['v_rand']:.4f}  "
+          f"V_info {scores['v_info']:.4f}  Dice {scores['dice']:.4f}  "
+          f"pixel error {scores['pixel_error']:.4f}")
+    print(f"outputs written to {out.resolve()}")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .sample_data import fetch_isbi2012
+
+    for name, path in fetch_isbi2012(cache_dir=args.cache_dir).items():
+        print(f"{name}\t{path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fcres",
+        description="Learned normalization + FC-ResNet segmentation (Drozdzal et al.)",
+    )
+    p.add_argument("--version", action="version", version=f"napari-fcres {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("info", help="parameter and conv-layer counts of a preset")
+    s.add_argument("--preset", default="paper", choices=sorted(PRESETS))
+    s.add_argument("--architecture", default="pipeline", choices=ARCHITECTURES)
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("train", help="train (or fine-tune) a model or an ensemble")
+    s.add_argument("image", help="image stack (TIFF, NIfTI, MHA, NRRD, folder of slices)")
+    s.add_argument("labels", help="label stack of the same shape")
+    s.add_argument("--out", required=True, help="output folder (member_KK/best.pt, last.pt)")
+    s.add_argument("--preset", choices=sorted(PRESETS), help="model size (default cpu)")
+    s.add_argument("--architecture", choices=ARCHITECTURES,
+                   help="pipeline (default) or an ablation baseline")
+    s.add_argument("--config", help="YAML config (see training/*.yaml)")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--max-minutes", type=float, help="wall-clock budget for the whole run")
+    s.add_argument("--ensemble", type=int, help="number of models (own split and seed each)")
+    s.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--crop-size", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--loss", choices=["dice", "bce_dice"])
+    s.add_argument("--steps-per-epoch", type=int)
+    s.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    s.add_argument("--val-every", type=int, help="validate every N epochs")
+    s.add_argument("--val-fraction", type=float, help="fraction of slices for validation")
+    s.add_argument("--slices", help="train on these slices only, e.g. 0-19")
+    s.add_argument("--axis", type=int, help="slicing axis of a 3D stack (default 0)")
+    s.add_argument("--foreground-value", type=int, help="label value of the foreground")
+    s.add_argument("--ignore-value", type=int, help="label value that never counts")
+    s.add_argument("--partial", action="store_true",
+                   help="partially annotated: 0 unlabeled, 1 background, >=2 foreground")
+    s.add_argument("--resume", action="store_true", help="continue from last.pt in --out")
+    s.add_argument("--init", help="fine-tune from this checkpoint")
+    s.add_argument("--freeze-fcresnet", action="store_true",
+                   help="with --init: adapt only the pre-processor")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("predict", help="predict with one model or an ensemble")
+    s.add_argument("image")
+    s.add_argument("--models", nargs="+", required=True,
+                   help="checkpoint files or training folders (all best.pt inside)")
+    s.add_argument("--out", required=True, help="labels file (.tif or .nii.gz)")
+    s.add_argument("--probabilities", help="also write the probability map here")
+    s.add_argument("--normalized", help="also write the pre-processor's output here")
+    s.add_argument("--spread", help="also write the ensemble disagreement here")
+    s.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--tile", type=int, default=512, help="tile size in pixels")
+    s.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels")
+    s.add_argument("--batch-size", type=int, default=4, help="tiles per batch")
+    s.add_argument("--axis", type=int, default=0)
+    s.add_argument("--slices", help="predict only these slices, e.g. 20-29")
+    s.add_argument("--threshold", type=float, default=0.5)
+    s.add_argument("--mode", default="binary", choices=["binary", "largest", "instances"],
+                   help="labels: 0/1 mask, largest 3D component, or cell instances")
+    s.add_argument("--min-size", type=int, default=0, help="drop objects smaller than this")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("evaluate", help="Dice, pixel error, V_rand, V_info")
+    s.add_argument("prediction", help="probability map or mask")
+    s.add_argument("labels", help="ground truth")
+    s.add_argument("--slices", help="compare against these label slices, e.g. 20-29")
+    s.add_argument("--prediction-slices", help="use these slices of the prediction")
+    s.add_argument("--threshold", type=float, default=0.5, help="for Dice and pixel error")
+    s.add_argument("--foreground-value", type=int)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("demo", help="train, predict and evaluate on the embedded sample stack")
+    s.add_argument("--out", default="demo_output")
+    s.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    s.add_argument("--minutes", type=float, default=3.0)
+    s.add_argument("--epochs", type=int, default=200)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("fetch-isbi", help="download (or locate) the ISBI 2012 EM data")
+    s.add_argument("--cache-dir")
+    s.set_defaults(func=cmd_fetch)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except FcresError as exc:
+        print(f"fcres {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fcres {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

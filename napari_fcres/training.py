@@ -1,0 +1,473 @@
+"""The one training loop, shared by the CLI, the scripts and the napari widgets.
+
+:func:`train` is a generator: it yields a :class:`TrainProgress` after every
+optimisation step and every validation, and stops cleanly at the next step
+when ``should_stop()`` turns true or when the caller closes it (napari's
+``thread_worker.quit()``).  Every member of an ensemble gets its own random
+train/validation split and seed and its own folder ``member_KK/`` holding
+``best.pt`` (best validation Dice, for prediction) and ``last.pt``
+(everything needed to resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .augment import CropSampler, SliceData
+from .checkpoint import config_of, read_checkpoint, save_checkpoint
+from .config import Config
+from .device import is_out_of_memory, resolve_device, use_amp, use_channels_last_for_training
+from .errors import CheckpointError, InputError, OutOfMemoryError, TrainingError
+from .io import as_binary_labels, check_image_labels, validate_image
+from .losses import LOSSES
+from .metrics import dice
+from .models import NormalizedFCResNet, Pipeline, SegmentationModel, build_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainProgress:
+    """One report from the training loop."""
+
+    kind: str  # "step", "validation", "member_done" or "done"
+    member: int
+    n_members: int
+    epoch: int
+    epochs: int
+    step: int  # optimisation steps taken by this member
+    steps_per_epoch: int
+    loss: float | None = None
+    val_dice: float | None = None
+    best_val_dice: float | None = None
+    best_epoch: int | None = None
+    lr: float | None = None
+    elapsed: float = 0.0
+    fraction: float = 0.0  # of the whole run (all members), 0..1
+    checkpoint: Path | None = None
+    message: str = ""
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run left behind."""
+
+    out_dir: Path
+    best_checkpoints: list[Path] = field(default_factory=list)
+    best_val_dice: list[float] = field(default_factory=list)
+    stopped: bool = False
+
+
+@dataclass
+class PreparedData:
+    """Slices ready for training: raw image, target, valid mask, annotated slice indices."""
+
+    image: np.ndarray  # (Z, H, W) float32 raw intensities
+    target: np.ndarray  # (Z, H, W) float32 0/1
+    mask: np.ndarray  # (Z, H, W) bool
+    annotated: list[int]
+
+
+def prepare_data(image: np.ndarray, labels: np.ndarray, cfg: Config) -> PreparedData:
+    """Validate image and labels and bring them to ``(Z, H, W)`` slices along the axis."""
+    image = validate_image(np.asarray(image))
+    labels = np.asarray(labels)
+    check_image_labels(image, labels)
+    d = cfg.data
+    target, mask = as_binary_labels(
+        labels, foreground_value=d.foreground_value, ignore_value=d.ignore_value,
+        partial=d.partial,
+    )
+    if image.ndim == 2:
+        image, target, mask = image[None], target[None], mask[None]
+    else:
+        if not -3 <= d.axis < 3:
+            raise InputError(f"axis {d.axis} does not exist for a 3D stack")
+        image = np.moveaxis(image, d.axis, 0)
+        target = np.moveaxis(target, d.axis, 0)
+        mask = np.moveaxis(mask, d.axis, 0)
+    annotated = [int(i) for i in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(1))]
+    if not annotated:
+        raise InputError("the labels annotate no pixel at all; paint some labels first")
+    crop = cfg.train.crop_size
+    h, w = image.shape[1:]
+    if h < crop or w < crop:
+        raise InputError(
+            f"image slices are {h}x{w} pixels, smaller than the training crop of {crop}x{crop}; "
+            f"set crop_size to at most {min(h, w)} (CLI: --crop-size)"
+        )
+    return PreparedData(
+        np.ascontiguousarray(image, dtype=np.float32),
+        np.ascontiguousarray(target, dtype=np.float32),
+        np.ascontiguousarray(mask, dtype=bool),
+        annotated,
+    )
+
+
+def split_slices(annotated: Sequence[int], val_fraction: float, seed: int) -> tuple[list, list]:
+    """Random train/validation split of the annotated slices (24/6 for 30 at 0.2)."""
+    order = list(annotated)
+    random.Random(seed).shuffle(order)
+    n_val = int(round(val_fraction * len(order))) if len(order) >= 2 else 0
+    n_val = min(max(n_val, 1 if val_fraction > 0 and len(order) >= 2 else 0), len(order) - 1)
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def member_seed(seed: int, member: int) -> int:
+    return seed + 1000 * member
+
+
+def _lr_lambda(decay: float) -> Callable[[int], float]:
+    return lambda it: 1.0 / (1.0 + decay * it)
+
+
+def _optimizer(model: SegmentationModel, cfg: Config) -> torch.optim.Optimizer:
+    t = cfg.train
+    groups = []
+    pre = [p for p in model.preprocessor_parameters() if p.requires_grad]
+    seg = [p for p in model.segmentation_parameters() if p.requires_grad]
+    if pre:
+        groups.append({"params": pre, "weight_decay": t.weight_decay})
+    if seg:
+        wd = t.weight_decay if t.weight_decay_fcresnet is None else t.weight_decay_fcresnet
+        groups.append({"params": seg, "weight_decay": wd})
+    if not groups:
+        raise TrainingError("nothing to train: every parameter is frozen")
+    return torch.optim.RMSprop(groups, lr=t.lr, alpha=t.rmsprop_alpha, eps=t.rmsprop_eps)
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate(), "sampler": gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    gen.set_state(state["sampler"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def validate_model(
+    model: SegmentationModel, data: PreparedData, slices: Sequence[int], device: torch.device,
+    tile: int,
+) -> float:
+    """Dice of the thresholded prediction on the validation slices (annotated pixels)."""
+    from .inference import predict
+
+    probs = predict(model, data.image[list(slices)], tile_size=tile, device=device).probabilities
+    pred = probs > 0.5
+    return dice(pred, data.target[list(slices)] > 0.5, mask=data.mask[list(slices)])
+
+
+def train(
+    config: Config,
+    image: np.ndarray,
+    labels: np.ndarray,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    init_checkpoint: str | Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Generator[TrainProgress, None, TrainResult]:
+    """Train ``config.train.ensemble`` models; yields progress, returns a :class:`TrainResult`.
+
+    ``resume`` continues each member from its ``last.pt``; ``init_checkpoint``
+    fine-tunes from trained weights (``config.train.freeze_fcresnet`` then adapts
+    only the pre-processor).
+    """
+    out_dir = Path(out_dir)
+    cfg = config
+    data = prepare_data(image, labels, cfg)
+    device = resolve_device(cfg.train.device)
+    init_state = None
+    if init_checkpoint is not None:
+        init = read_checkpoint(init_checkpoint)
+        init_cfg = config_of(init)
+        if init_cfg.model != cfg.model:
+            raise CheckpointError(
+                f"{init_checkpoint} holds a {init_cfg.model.preset!r} "
+                f"{init_cfg.model.architecture} model, but the run asks for "
+                f"{cfg.model.preset!r} {cfg.model.architecture}; use the checkpoint's preset"
+            )
+        init_state = init["model_state"]
+    if cfg.train.freeze_fcresnet and cfg.model.architecture != "pipeline":
+        raise InputError("freezing the FC-ResNet needs the 'pipeline' architecture")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(out_dir / "config.yaml")
+    result = TrainResult(out_dir)
+    k_members = cfg.train.ensemble
+    budget = cfg.train.max_minutes * 60.0 / k_members if cfg.train.max_minutes else None
+    for member in range(k_members):
+        runner = _MemberRun(cfg, data, out_dir / f"member_{member:02d}", member, device,
+                            resume, init_state, budget)
+        stopped = yield from runner.run(should_stop)
+        result.best_checkpoints.append(runner.best_path)
+        result.best_val_dice.append(runner.best_val)
+        yield runner.progress("member_done", message=f"member {member + 1} done")
+        if stopped:
+            result.stopped = True
+            break
+    log.info("training finished: %s", result)
+    yield TrainProgress("done", k_members - 1, k_members, 0, cfg.train.epochs, 0, 0,
+                        fraction=1.0, message="stopped" if result.stopped else "finished")
+    return result
+
+
+class _MemberRun:
+    """State of one ensemble member's training."""
+
+    def __init__(
+        self, cfg: Config, data: PreparedData, folder: Path, member: int,
+        device: torch.device, resume: bool, init_state: dict | None, budget_s: float | None,
+    ) -> None:
+        self.cfg, self.data, self.folder, self.member = cfg, data, folder, member
+        self.device = device
+        self.seed = member_seed(cfg.train.seed, member)
+        self.budget_s = budget_s
+        self.best_path = folder / "best.pt"
+        self.last_path = folder / "last.pt"
+        t = cfg.train
+        torch.manual_seed(self.seed)
+        np.random.seed(self.seed % 2**32)
+        random.seed(self.seed)
+        self.gen = torch.Generator().manual_seed(self.seed)
+        self.train_slices, self.val_slices = split_slices(data.annotated, t.val_fraction, self.seed)
+        if not self.val_slices:
+            log.warning("only one annotated slice: validating on the training slice")
+        self.model = build_model(cfg.model)
+        if init_state is not None:
+            self.model.load_state_dict(init_state)
+        if isinstance(self.model, NormalizedFCResNet) and init_state is None:
+            tr = data.image[self.train_slices][data.mask[self.train_slices]]
+            self.model.fit_normalization(torch.from_numpy(tr))
+        if t.freeze_fcresnet and isinstance(self.model, Pipeline):
+            for p in self.model.fcresnet.parameters():
+                p.requires_grad_(False)
+        self.model.to(device)
+        self.channels_last = use_channels_last_for_training(device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.amp = use_amp(device)
+        self.opt = _optimizer(self.model, cfg)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(t.lr_decay))
+        self.loss_fn = LOSSES[t.loss]
+        h, w = data.image.shape[1:]
+        crops_per_epoch = len(self.train_slices) * h * w / t.crop_size**2
+        self.steps_per_epoch = t.steps_per_epoch or max(
+            1, math.ceil(crops_per_epoch / t.batch_size)
+        )
+        self.epoch = 0
+        self.step = 0
+        self.step_in_epoch = 0
+        self.epoch_losses: list[float] = []
+        self.best_val = -1.0
+        self.best_epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.elapsed = 0.0
+        self.finished = False
+        if resume and self.last_path.exists():
+            self._resume()
+        sd = SliceData(
+            torch.from_numpy(data.image[self.train_slices]),
+            torch.from_numpy(data.target[self.train_slices]),
+            torch.from_numpy(data.mask[self.train_slices].astype(np.float32)),
+        )
+        self.sampler = CropSampler(sd, t.crop_size, cfg.augment, self.gen)
+
+    # ------------------------------------------------------------------ state
+    def _payload(self, with_training_state: bool) -> dict[str, Any]:
+        p: dict[str, Any] = {
+            "config": self.cfg.to_dict(),
+            "preset": self.cfg.model.preset,
+            "architecture": self.cfg.model.architecture,
+            "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "member": self.member,
+            "seed": self.seed,
+            "split": {"train": self.train_slices, "val": self.val_slices},
+            "history": self.history,
+            "epoch": self.epoch,
+            "step": self.step,
+            "step_in_epoch": self.step_in_epoch,
+            "epoch_losses": self.epoch_losses,
+            "best_val_dice": self.best_val,
+            "best_epoch": self.best_epoch,
+            "elapsed_s": self.elapsed,
+            "finished": self.finished,
+        }
+        if with_training_state:
+            p["optimizer_state"] = self.opt.state_dict()
+            p["scheduler_state"] = self.sched.state_dict()
+            p["rng_state"] = _rng_state(self.gen)
+        return p
+
+    def _resume(self) -> None:
+        ck = read_checkpoint(self.last_path)
+        if config_of(ck).model != self.cfg.model:
+            raise CheckpointError(
+                f"{self.last_path} was trained with another model config; "
+                "resume with the same preset or start a new output folder"
+            )
+        self.model.load_state_dict(ck["model_state"])
+        self.opt.load_state_dict(ck["optimizer_state"])
+        self.sched.load_state_dict(ck["scheduler_state"])
+        _set_rng_state(ck["rng_state"], self.gen)
+        self.train_slices = list(ck["split"]["train"])
+        self.val_slices = list(ck["split"]["val"])
+        self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
+        self.step_in_epoch = int(ck.get("step_in_epoch", 0))
+        self.epoch_losses = list(ck.get("epoch_losses", []))
+        self.best_val, self.best_epoch = float(ck["best_val_dice"]), int(ck["best_epoch"])
+        self.history = list(ck["history"])
+        self.elapsed = float(ck["elapsed_s"])
+        self.finished = bool(ck.get("finished", False))
+        log.info("member %d resumed at epoch %d, step %d", self.member, self.epoch, self.step)
+
+    def progress(self, kind: str, **kw: Any) -> TrainProgress:
+        t = self.cfg.train
+        frac_epochs = self.step / (self.steps_per_epoch * t.epochs)
+        frac_time = self.elapsed / self.budget_s if self.budget_s else 0.0
+        frac = min(1.0, max(frac_epochs, frac_time))
+        if self.finished:
+            frac = 1.0
+        return TrainProgress(
+            kind=kind, member=self.member, n_members=t.ensemble, epoch=self.epoch,
+            epochs=t.epochs, step=self.step, steps_per_epoch=self.steps_per_epoch,
+            best_val_dice=self.best_val if self.best_val >= 0 else None,
+            best_epoch=self.best_epoch or None, lr=self.sched.get_last_lr()[0],
+            elapsed=self.elapsed, fraction=(self.member + frac) / t.ensemble, **kw,
+        )
+
+    # ------------------------------------------------------------------ loop
+    def _train_step(self) -> float:
+        x, y, m = self.sampler.sample(self.cfg.train.batch_size)
+        x, y, m = (v.to(self.device, non_blocking=True) for v in (x, y, m))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.model(x)
+        loss = self.loss_fn(logits, y, m)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {loss.item()} at step {self.step}; lower the learning rate "
+                f"(now {self.cfg.train.lr}) or check the image for extreme values"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        return float(loss.detach())
+
+    def _set_train_mode(self) -> None:
+        self.model.train()
+        if self.cfg.train.freeze_fcresnet and isinstance(self.model, Pipeline):
+            self.model.fcresnet.eval()  # frozen: keep its batch-norm statistics too
+
+    def run(self, should_stop: Callable[[], bool] | None) -> Generator[TrainProgress, None, bool]:
+        """Train this member; returns True when stopped on request."""
+        t = self.cfg.train
+        if self.finished:
+            log.info("member %d already finished; skipping", self.member)
+            return False
+        stopped = False
+        start = time.perf_counter() - self.elapsed
+        try:
+            while self.epoch < t.epochs:
+                self._set_train_mode()
+                while self.step_in_epoch < self.steps_per_epoch:
+                    if should_stop is not None and should_stop():
+                        stopped = True
+                        break
+                    try:
+                        loss = self._train_step()
+                    except RuntimeError as exc:
+                        if is_out_of_memory(exc):
+                            raise OutOfMemoryError(
+                                f"{self.device} ran out of memory at batch size {t.batch_size} "
+                                f"and crop {t.crop_size}; lower the batch size or crop size, "
+                                "or pick a smaller preset"
+                            ) from None
+                        raise
+                    self.epoch_losses.append(loss)
+                    self.step += 1
+                    self.step_in_epoch += 1
+                    self.elapsed = time.perf_counter() - start
+                    yield self.progress("step", loss=loss)
+                    if self.budget_s and self.elapsed >= self.budget_s:
+                        break
+                if stopped:
+                    break
+                self.epoch += 1
+                losses, self.epoch_losses, self.step_in_epoch = self.epoch_losses, [], 0
+                out_of_time = bool(self.budget_s and self.elapsed >= self.budget_s)
+                if self.epoch % t.val_every == 0 or out_of_time or self.epoch == t.epochs:
+                    yield from self._validate(float(np.mean(losses)) if losses else math.nan)
+                self.elapsed = time.perf_counter() - start
+                if self.epoch - self.best_epoch >= t.patience:
+                    log.info("member %d: early stop at epoch %d (best %d)",
+                             self.member, self.epoch, self.best_epoch)
+                    break
+                if out_of_time:
+                    log.info("member %d: time budget reached at epoch %d", self.member, self.epoch)
+                    break
+            if not stopped:
+                self.finished = True
+        finally:
+            # Always leave a resumable state, also when the caller closes the generator.
+            self.elapsed = time.perf_counter() - start
+            save_checkpoint(self.last_path, self._payload(with_training_state=True))
+        if not self.best_path.exists():
+            save_checkpoint(self.best_path, self._payload(with_training_state=False))
+        return stopped
+
+    def _validate(self, train_loss: float) -> Generator[TrainProgress, None, None]:
+        slices = self.val_slices or self.train_slices
+        tile = self.cfg.train.inference_tile
+        val = validate_model(self.model, self.data, slices, self.device, tile)
+        self.history.append({"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
+                             "val_dice": val, "elapsed_s": self.elapsed,
+                             "lr": self.sched.get_last_lr()[0]})
+        improved = val > self.best_val
+        if improved:
+            self.best_val, self.best_epoch = val, self.epoch
+            save_checkpoint(self.best_path, self._payload(with_training_state=False))
+        log.info("member %d epoch %d: loss %.4f val dice %.4f%s", self.member, self.epoch,
+                 train_loss, val, " (best)" if improved else "")
+        yield self.progress("validation", loss=train_loss, val_dice=val,
+                            checkpoint=self.best_path if improved else None)
+
+
+def run_training(
+    config: Config, image: np.ndarray, labels: np.ndarray, out_dir: str | Path,
+    on_progress: Callable[[TrainProgress], None] | None = None, **kwargs: Any,
+) -> TrainResult:
+    """Drain :func:`train`, passing each report to ``on_progress``; return the result."""
+    gen = train(config, image, labels, out_dir, **kwargs)
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_progress is not None:
+            on_progress(p)
+
+
+def replace_train(config: Config, **changes: Any) -> Config:
+    """A copy of ``config`` with some training settings changed."""
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))

@@ -1,0 +1,1 @@
+"""napari dock widgets of napari-fcres: train, inspect, predict, correct and export."""

@@ -1,0 +1,507 @@
+"""Helpers shared by every napari-fcres widget.
+
+Public API (kept small on purpose):
+
+* :class:`WorkerFailed` - what every failure inside a worker arrives as.
+* :func:`start_worker` - run a (generator) function in a napari ``thread_worker``;
+  every exception raised inside becomes a :class:`WorkerFailed` delivered to ``on_error``.
+* :func:`notify_error` / :func:`notify_info` - napari notifications (plain message for our own
+  errors, traceback button for unexpected ones).
+* :class:`LayerCombo` - a combo box of the viewer's layers of one type that follows layer
+  insertion, removal and renaming; ``.layer()`` gives the chosen layer.
+* :class:`PathEdit` - a line edit plus "Browse..." button for a file or folder.
+* :func:`device_choices` - ``(label, key)`` of every compute device.
+* :func:`recent_checkpoints` / :func:`remember_checkpoints` / :func:`checkpoint_registry` -
+  checkpoints trained in this session (newest first), with a ``changed`` Qt signal.
+* :func:`make_canvas` / :func:`style_axes` - a matplotlib figure embedded in Qt, in the
+  viewer's theme colours.
+* :func:`layer_data` / :func:`current_slice` - a layer's data as numpy and the slice the
+  viewer shows.
+
+Threading rule: worker functions receive plain numpy arrays and settings only, never layers or
+the viewer; every callback (``on_yield``, ``on_done``, ``on_error``, ``on_finished``) runs on
+the GUI thread, where layers may be changed.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QSizePolicy,
+    QWidget,
+)
+
+from ..errors import FcresError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "WorkerFailed",
+    "start_worker",
+    "notify_error",
+    "notify_info",
+    "LayerCombo",
+    "PathEdit",
+    "device_choices",
+    "recent_checkpoints",
+    "remember_checkpoints",
+    "checkpoint_registry",
+    "make_canvas",
+    "style_axes",
+    "layer_data",
+    "current_slice",
+]
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class WorkerFailed(FcresError):
+    """An exception raised inside a worker thread, carried to the GUI thread.
+
+    superqt silently drops a ``RuntimeError`` raised inside a ``thread_worker`` (it takes it
+    for a deleted Qt object) and then never emits ``finished``; :func:`start_worker` therefore
+    turns every exception into this type.  Attributes: ``message`` (what to show),
+    ``original_type`` (name of the original exception class), ``traceback_text`` (the full
+    formatted traceback) and ``original`` (the exception itself, without its frames) and
+    ``user_error`` (True for :class:`~napari_fcres.errors.FcresError` s, i.e. problems the user
+    can fix from the message alone).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        original_type: str = "",
+        traceback_text: str = "",
+        original: BaseException | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.original_type = original_type
+        self.traceback_text = traceback_text
+        self.original = original
+
+    @property
+    def user_error(self) -> bool:
+        return isinstance(self.original, FcresError)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> WorkerFailed:
+        """Wrap ``exc`` (an out-of-memory error gets a message saying what to lower)."""
+        if isinstance(exc, WorkerFailed):
+            return exc
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        if isinstance(exc, FcresError):
+            message = str(exc) or type(exc).__name__
+        elif _is_out_of_memory(exc):
+            message = (
+                f"out of memory ({type(exc).__name__}: {str(exc)[:200]}); lower the batch, "
+                "crop or tile size, or pick a smaller preset"
+            )
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+        return cls(message, original_type=type(exc).__name__, traceback_text=text,
+                   original=exc.with_traceback(None))
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        from ..device import is_out_of_memory
+    except Exception:  # noqa: BLE001 - torch missing: cannot be a torch OOM
+        return False
+    return is_out_of_memory(exc)
+
+
+def notify_error(exc: BaseException | str, context: str = "") -> None:
+    """Show ``exc`` as a napari error notification (GUI thread only).
+
+    Our own errors (:class:`FcresError`, also inside :class:`WorkerFailed`) show their message
+    only; unexpected errors keep a "View traceback" button.  ``context`` prefixes the message
+    (e.g. ``"Training failed"``).
+    """
+    from napari.utils.notifications import (
+        ErrorNotification,
+        notification_manager,
+        show_error,
+    )
+
+    prefix = f"{context}: " if context else ""
+    if isinstance(exc, str):
+        log.error("%s%s", prefix, exc)
+        show_error(prefix + exc)
+        return
+    user = exc.user_error if isinstance(exc, WorkerFailed) else isinstance(exc, FcresError)
+    message = exc.message if isinstance(exc, WorkerFailed) else str(exc) or type(exc).__name__
+    if user:
+        log.warning("%s%s", prefix, message)
+        show_error(prefix + message)
+        return
+    tb_text = exc.traceback_text if isinstance(exc, WorkerFailed) else "".join(
+        traceback.format_exception(type(exc), exc, exc.__traceback__)
+    )
+    log.error("%s%s\n%s", prefix, message, tb_text)
+    shown = WorkerFailed(prefix + message, original_type=type(exc).__name__,
+                         traceback_text=tb_text)
+    shown.__cause__ = exc if not isinstance(exc, WorkerFailed) else exc.original
+    notification_manager.dispatch(ErrorNotification(shown))
+
+
+def notify_info(message: str) -> None:
+    """Show an info notification and log it."""
+    from napari.utils.notifications import show_info
+
+    log.info(message)
+    show_info(message)
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _guard(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A generator function running ``func`` that raises only :class:`WorkerFailed`."""
+
+    @functools.wraps(func)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            out = func(*args, **kwargs)
+            if inspect.isgenerator(out):
+                # ``yield from`` also closes ``out`` in this thread if we are closed
+                out = yield from out
+            return out
+        except Exception as exc:  # noqa: BLE001 - everything must reach the GUI thread
+            raise WorkerFailed.from_exception(exc) from None
+
+    return guarded
+
+
+def start_worker(
+    func: Callable[..., Any],
+    *args: Any,
+    on_yield: Callable[[Any], None] | None = None,
+    on_done: Callable[[Any], None] | None = None,
+    on_error: Callable[[WorkerFailed], None] | None = None,
+    on_finished: Callable[[], None] | None = None,
+    progress: bool | dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Start ``func(*args, **kwargs)`` in a napari ``thread_worker``; return the worker.
+
+    ``func`` may be a generator function (each yielded value goes to ``on_yield``) or a plain
+    function.  ``on_done`` gets the return value; ``on_error`` a :class:`WorkerFailed` (default:
+    :func:`notify_error`); ``on_finished`` runs last in every case (success, error or
+    ``worker.quit()``).  All callbacks run on the GUI thread.  ``progress`` is napari's
+    ``_progress``: ``True`` for a busy bar in the activity dock or ``{"total": n, "desc": s}``
+    to advance one step per yield.  To stop early, let ``func`` poll a ``threading.Event``
+    (cooperative: it can still return a result and clean up); ``worker.quit()`` abandons the
+    generator at its next yield without a result.
+    """
+    from napari.qt.threading import create_worker
+    from superqt.utils import GeneratorWorker
+
+    def _errored(exc: Exception) -> None:
+        failed = exc if isinstance(exc, WorkerFailed) else WorkerFailed.from_exception(exc)
+        (on_error or notify_error)(failed)
+
+    connect: dict[str, Callable[..., Any]] = {"errored": _errored}
+    if on_yield is not None:
+        connect["yielded"] = on_yield
+    if on_done is not None:
+        connect["returned"] = on_done
+    if on_finished is not None:
+        connect["finished"] = on_finished
+    # superqt's plain GeneratorWorker: napari's subclass would relay the error to a second
+    # notification; we show one ourselves (on_error / notify_error).
+    worker = create_worker(
+        _guard(func), *args, _start_thread=False, _connect=connect, _progress=progress,
+        _worker_class=GeneratorWorker, _ignore_errors=True, **kwargs,
+    )
+    worker.warned.connect(_log_warning)
+    worker.start()
+    return worker
+
+
+def _log_warning(args: tuple) -> None:
+    message, category = args[0], args[1]
+    log.warning("%s: %s", getattr(category, "__name__", category), message)
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+class LayerCombo(QComboBox):
+    """Combo box of the viewer's layers of ``layer_type``, kept up to date.
+
+    Follows layer insertion, removal, reordering and renaming.  ``allow_none`` adds a first
+    entry ``none_text`` meaning "no layer".  ``layer_changed`` is emitted with the new layer
+    (or None) whenever the choice changes.
+    """
+
+    layer_changed = Signal(object)
+
+    def __init__(
+        self,
+        viewer: Any,
+        layer_type: type | tuple[type, ...],
+        *,
+        allow_none: bool = False,
+        none_text: str = "(none)",
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._layer_type = layer_type
+        self._allow_none = allow_none
+        self._none_text = none_text
+        self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.currentIndexChanged.connect(self._emit_changed)
+        events = viewer.layers.events
+        events.inserted.connect(self._on_inserted)
+        events.removed.connect(self.refresh)
+        events.moved.connect(self.refresh)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        self.refresh()
+
+    def _on_inserted(self, event: Any = None) -> None:
+        if event is not None and getattr(event, "value", None) is not None:
+            event.value.events.name.connect(self.refresh)
+        self.refresh()
+
+    def _matching(self) -> list[Any]:
+        return [layer for layer in self._viewer.layers if isinstance(layer, self._layer_type)]
+
+    def refresh(self, event: Any = None) -> None:
+        """Re-list the layers, keeping the current choice when it still exists."""
+        current = self.currentText()
+        names = [layer.name for layer in self._matching()]
+        if self._allow_none:
+            names = [self._none_text, *names]
+        old = [self.itemText(i) for i in range(self.count())]
+        if names == old:
+            return
+        self.blockSignals(True)
+        try:
+            self.clear()
+            self.addItems(names)
+            if current in names:
+                self.setCurrentIndex(names.index(current))
+            elif names:
+                # nothing chosen yet, or the choice was removed: the top-most layer
+                self.setCurrentIndex(0 if self._allow_none else len(names) - 1)
+        finally:
+            self.blockSignals(False)
+        if self.currentText() != current:
+            self._emit_changed()
+
+    def showPopup(self) -> None:  # noqa: N802 - Qt override
+        self.refresh()
+        super().showPopup()
+
+    def _emit_changed(self, *_: Any) -> None:
+        self.layer_changed.emit(self.layer())
+
+    def layer(self) -> Any | None:
+        """The chosen layer, or None."""
+        name = self.currentText()
+        if not name or (self._allow_none and self.currentIndex() == 0):
+            return None
+        for layer in self._matching():
+            if layer.name == name:
+                return layer
+        return None
+
+    def set_layer(self, layer: Any | str | None) -> None:
+        """Choose a layer (object or name); None chooses the "none" entry when allowed."""
+        self.refresh()
+        if layer is None:
+            if self._allow_none:
+                self.setCurrentIndex(0)
+            return
+        name = layer if isinstance(layer, str) else layer.name
+        index = self.findText(name)
+        if index < 0 or (self._allow_none and index == 0):
+            raise FcresError(f"no layer named {name!r} of the right type")
+        self.setCurrentIndex(index)
+
+
+def layer_data(layer: Any) -> np.ndarray:
+    """A layer's data as a numpy array (the full-resolution level of a multiscale layer)."""
+    data = layer.data
+    if getattr(layer, "multiscale", False):
+        data = data[0]
+    return np.asarray(data)
+
+
+def current_slice(viewer: Any, layer: Any, axis: int = 0) -> int:
+    """Index along ``axis`` of ``layer``'s data that the viewer shows (0 for 2-D layers)."""
+    if layer.ndim < 3:
+        return 0
+    point = layer.world_to_data(viewer.dims.point[-layer.ndim:])
+    n = layer_data(layer).shape[axis]
+    return int(np.clip(round(float(point[axis])), 0, n - 1))
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+class PathEdit(QWidget):
+    """A line edit with a "Browse..." button for a file (``mode="file"``) or folder."""
+
+    changed = Signal(str)
+
+    def __init__(
+        self,
+        mode: str = "file",
+        *,
+        filter: str = "",  # noqa: A002 - Qt's own name
+        placeholder: str = "",
+        tooltip: str = "",
+        save: bool = False,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        if mode not in ("file", "folder"):
+            raise ValueError(f"mode must be 'file' or 'folder', got {mode!r}")
+        self._mode, self._filter, self._save = mode, filter, save
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        self.edit.setToolTip(tooltip)
+        self.edit.textChanged.connect(self.changed.emit)
+        self.button = QPushButton("Browse...")
+        self.button.setToolTip(f"Choose the {mode} in a dialog")
+        self.button.clicked.connect(self._browse)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.edit, 1)
+        lay.addWidget(self.button)
+        self.setToolTip(tooltip)
+
+    def _browse(self) -> None:
+        start = self.path() or str(Path.home())
+        if self._mode == "folder":
+            chosen = QFileDialog.getExistingDirectory(self, "Choose a folder", start)
+        elif self._save:
+            chosen, _ = QFileDialog.getSaveFileName(self, "Save as", start, self._filter)
+        else:
+            chosen, _ = QFileDialog.getOpenFileName(self, "Choose a file", start, self._filter)
+        if chosen:
+            self.set_path(chosen)
+
+    def path(self) -> str:
+        """The text, stripped and with ``~`` expanded ("" when empty)."""
+        text = self.edit.text().strip()
+        return str(Path(text).expanduser()) if text else ""
+
+    def set_path(self, path: str | Path | None) -> None:
+        self.edit.setText("" if path is None else str(path))
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def device_choices() -> list[tuple[str, str]]:
+    """``(label, key)`` per compute device: CUDA GPUs by name, Apple MPS, then the CPU."""
+    from ..device import available_devices
+
+    return [(d.name, d.key) for d in available_devices()]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class _CheckpointRegistry(QObject):
+    """Checkpoints trained in this session; ``changed`` carries the new list."""
+
+    changed = Signal(list)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[Path] = []
+
+
+_REGISTRY: _CheckpointRegistry | None = None
+
+
+def checkpoint_registry() -> _CheckpointRegistry:
+    """The session's registry object (connect to its ``changed(list[Path])`` signal)."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = _CheckpointRegistry()
+    return _REGISTRY
+
+
+def recent_checkpoints() -> list[Path]:
+    """Checkpoints trained in this session that still exist, newest first."""
+    return [p for p in checkpoint_registry().paths if p.exists()]
+
+
+def remember_checkpoints(paths: Iterable[str | Path]) -> None:
+    """Record freshly trained checkpoints (GUI thread); they go first in the list."""
+    reg = checkpoint_registry()
+    new = [Path(p) for p in paths]
+    reg.paths = new + [p for p in reg.paths if p not in new]
+    reg.changed.emit(list(reg.paths))
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def make_canvas(
+    figsize: tuple[float, float] = (4.0, 3.0), nrows: int = 1, ncols: int = 1,
+    sharex: bool = False, viewer: Any | None = None,
+) -> tuple[Any, Any, list[Any]]:
+    """``(canvas, figure, axes)``: a matplotlib figure embedded as a Qt widget.
+
+    With ``viewer`` the figure takes the colours of the viewer's napari theme.
+    """
+    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = list(fig.subplots(nrows, ncols, sharex=sharex, squeeze=False).ravel())
+    canvas = FigureCanvasQTAgg(fig)
+    canvas.setMinimumHeight(int(figsize[1] * 60))
+    canvas.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+    if viewer is not None:
+        style_axes(fig, axes, viewer)
+    return canvas, fig, axes
+
+
+def style_axes(fig: Any, axes: Sequence[Any], viewer: Any) -> None:
+    """Colour a figure and its axes like the viewer's napari theme (re-run after ``cla()``)."""
+    try:
+        from napari.utils.theme import get_theme
+
+        theme = get_theme(viewer.theme)
+        bg, text = theme.background.as_hex(), theme.text.as_hex()
+        grid = theme.secondary.as_hex()
+    except Exception:  # noqa: BLE001 - styling is cosmetic
+        return
+    fig.set_facecolor(bg)
+    for ax in axes:
+        ax.set_facecolor(bg)
+        ax.tick_params(colors=text, which="both")
+        for spine in ax.spines.values():
+            spine.set_color(grid)
+        ax.xaxis.label.set_color(text)
+        ax.yaxis.label.set_color(text)
+        ax.title.set_color(text)

@@ -1,0 +1,804 @@
+"""Train / fine-tune dock widget: the pipeline of Drozdzal et al. on the layers in the viewer.
+
+Training runs :func:`napari_fcres.training.train` in a napari ``thread_worker``; the GUI
+thread only copies the layer data, plots the progress and shows notifications.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..config import ARCHITECTURES, PRESET_HELP, PRESETS, Config, preset_config
+from ..errors import FcresError, InputError
+from ._common import (
+    LayerCombo,
+    PathEdit,
+    WorkerFailed,
+    device_choices,
+    layer_data,
+    make_canvas,
+    notify_error,
+    notify_info,
+    remember_checkpoints,
+    start_worker,
+    style_axes,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..training import TrainProgress, TrainResult
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURE_HELP = {
+    "pipeline": "learned UNet pre-processor followed by the FC-ResNet (the paper's pipeline)",
+    "fcresnet-standardize": "FC-ResNet on standardized input (baseline without pre-processor)",
+    "fcresnet-rescale": "FC-ResNet on input rescaled to [0, 1] (baseline)",
+    "unet": "plain UNet (baseline)",
+}
+
+#: Redraw the live plot at most this often (ms): drawing is the costly part on the GUI thread.
+PLOT_INTERVAL_MS = 400
+#: Resolution of the activity-dock progress bar.
+PROGRESS_TOTAL = 1000
+
+
+def runs_root() -> Path:
+    """Parent of the default output folders: ``~/.napari-fcres/runs``."""
+    return Path.home() / ".napari-fcres" / "runs"
+
+
+def default_output_dir() -> Path:
+    """A fresh ``~/.napari-fcres/runs/<timestamp>`` folder name (not created)."""
+    return _unused(runs_root() / time.strftime("%Y%m%d-%H%M%S"))
+
+
+def _unused(path: Path) -> Path:
+    if not _holds_run(path) and not (path.exists() and any(path.iterdir())):
+        return path
+    i = 2
+    while (path.parent / f"{path.name}-{i}").exists():
+        i += 1
+    return path.parent / f"{path.name}-{i}"
+
+
+def _holds_run(path: Path) -> bool:
+    return path.is_dir() and (
+        (path / "config.yaml").exists() or any(path.glob("member_*/last.pt"))
+    )
+
+
+def _resumable(path: Path) -> bool:
+    return path.is_dir() and (path / "config.yaml").exists() and any(
+        path.glob("member_*/last.pt")
+    )
+
+
+def detect_partial(labels: np.ndarray, axis: int = 0) -> bool:
+    """Guess whether labels are a partial annotation (0 = not annotated).
+
+    True when a 3-D stack has some slices without any label and some with labels, or when the
+    labels hold 0, 1 and a value >= 2 (napari painting: 1 = background, 2 = foreground).
+    """
+    arr = np.asarray(labels)
+    if arr.size == 0:
+        return False
+    if arr.ndim == 3:
+        painted = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1).any(axis=1)
+        if painted.any() and not painted.all():
+            return True
+    if not np.issubdtype(arr.dtype, np.integer):
+        return False
+    top = int(arr.max())
+    return top >= 2 and bool((arr == 1).any()) and bool((arr == 0).any())
+
+
+def _train_job(
+    cfg: Config,
+    image: np.ndarray,
+    labels: np.ndarray,
+    out_dir: Path,
+    resume: bool,
+    init_checkpoint: str | None,
+    stop: threading.Event,
+    threads: int | None,
+) -> Generator[TrainProgress, None, TrainResult]:
+    """Worker body: finish the config from the checkpoint / run folder, then train."""
+    import torch
+
+    from ..checkpoint import config_of, read_checkpoint
+    from ..training import train
+
+    if threads:
+        torch.set_num_threads(threads)
+    if resume:
+        saved = Config.from_yaml(out_dir / "config.yaml")
+        cfg = dataclasses.replace(
+            saved,
+            train=dataclasses.replace(
+                saved.train, epochs=cfg.train.epochs, max_minutes=cfg.train.max_minutes,
+                device=cfg.train.device,
+            ),
+        )
+        init_checkpoint = None
+    elif init_checkpoint:
+        model = config_of(read_checkpoint(init_checkpoint)).model
+        if cfg.train.freeze_fcresnet and model.architecture != "pipeline":
+            raise InputError(
+                f"{init_checkpoint} holds a {model.architecture!r} model; adapting only the "
+                "pre-processor needs a 'pipeline' checkpoint"
+            )
+        cfg = dataclasses.replace(cfg, model=model)
+    result = yield from train(
+        cfg, image, labels, out_dir, resume=resume, init_checkpoint=init_checkpoint,
+        should_stop=stop.is_set,
+    )
+    return result
+
+
+def _worker_threads() -> int | None:
+    """Torch threads for training: leave one core to the GUI thread on small machines."""
+    env = os.environ.get("NAPARI_FCRES_TRAIN_THREADS")
+    if env:
+        return max(1, int(env))
+    n = os.cpu_count() or 1
+    return max(1, n - 1) if n > 1 else None
+
+
+class _StoppableProgress:
+    """A cancelable napari progress bar whose Cancel button stops the run."""
+
+    def __init__(self, desc: str, on_cancel: Any) -> None:
+        from napari.utils import cancelable_progress
+
+        outer = self
+
+        class _Bar(cancelable_progress):
+            def cancel(self) -> None:
+                super().cancel()
+                outer._on_cancel()
+
+        self._on_cancel = on_cancel
+        self.bar = _Bar(total=PROGRESS_TOTAL, desc=desc)
+
+    def set_fraction(self, fraction: float) -> None:
+        target = int(round(min(max(fraction, 0.0), 1.0) * PROGRESS_TOTAL))
+        if target > self.bar.n:
+            self.bar.update(target - self.bar.n)
+
+    def set_description(self, desc: str) -> None:
+        self.bar.set_description(desc)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class TrainWidget(QWidget):
+    """Train the pipeline (or a baseline) on an image layer and a labels layer.
+
+    Public API:
+
+    * :meth:`train_on` - start a run programmatically (used by the Export widget);
+    * :meth:`stop` / :meth:`is_running`;
+    * ``last_result`` (:class:`~napari_fcres.training.TrainResult` or None) and
+      ``best_checkpoints`` (list of ``best.pt`` paths of the last run);
+    * signals ``finished(TrainResult)`` (also for stopped runs), ``failed(WorkerFailed)`` and
+      ``progressed(TrainProgress)``.
+    """
+
+    finished = Signal(object)
+    failed = Signal(object)
+    progressed = Signal(object)
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.last_result: TrainResult | None = None
+        self.best_checkpoints: list[Path] = []
+        self._worker: Any = None
+        self._stop_event = threading.Event()
+        self._progress: _StoppableProgress | None = None
+        self._auto_output = True
+        self._partial_user_set = False
+        self._plot_dir: Path | None = None
+        self._run_dir: Path | None = None
+        self._reset_plot_data()
+        self._build()
+        self._plot_timer = QTimer(self)
+        self._plot_timer.setInterval(PLOT_INTERVAL_MS)
+        self._plot_timer.timeout.connect(self._redraw)
+        self.destroyed.connect(self._stop_event.set)
+        self._on_labels_changed()
+        self._update_enabled()
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        from napari.layers import Image, Labels
+
+        root = QVBoxLayout(self)
+
+        # data
+        data_box = QGroupBox("Data")
+        form = QFormLayout(data_box)
+        self.image_combo = LayerCombo(self.viewer, Image)
+        self.image_combo.setToolTip("Image layer to learn from (2-D image or 3-D stack)")
+        form.addRow("Image", self.image_combo)
+        self.labels_combo = LayerCombo(self.viewer, Labels)
+        self.labels_combo.setToolTip(
+            "Labels layer of the same shape: full labels (two values, the larger is "
+            "foreground) or a partial annotation (0 = not annotated, 1 = background/"
+            "membrane, 2 = foreground)"
+        )
+        self.labels_combo.layer_changed.connect(self._on_labels_changed)
+        form.addRow("Labels", self.labels_combo)
+        self.partial_check = QCheckBox("Partial annotation")
+        self.partial_check.setToolTip(
+            "0 = not annotated (ignored), 1 = background/membrane, 2+ = foreground; only "
+            "annotated slices and pixels count.  Detected automatically from the labels "
+            "(slices without any label) until you change it."
+        )
+        self.partial_check.clicked.connect(self._on_partial_clicked)
+        self.annotated_label = QLabel("")
+        self.annotated_label.setToolTip("Slices of the labels layer that carry annotation")
+        row = QHBoxLayout()
+        row.addWidget(self.partial_check)
+        row.addWidget(self.annotated_label, 1)
+        form.addRow(row)
+        root.addWidget(data_box)
+
+        # model
+        model_box = QGroupBox("Model")
+        form = QFormLayout(model_box)
+        self.preset_combo = QComboBox()
+        for i, name in enumerate(PRESETS):
+            self.preset_combo.addItem(name)
+            self.preset_combo.setItemData(i, PRESET_HELP.get(name, ""), Qt.ToolTipRole)
+        has_gpu = any(key != "cpu" for _, key in device_choices())
+        self.preset_combo.setCurrentText("small" if has_gpu else "cpu")
+        self.preset_combo.currentTextChanged.connect(self._on_preset_changed)
+        form.addRow("Preset", self.preset_combo)
+        self.arch_combo = QComboBox()
+        for i, name in enumerate(ARCHITECTURES):
+            self.arch_combo.addItem(name)
+            self.arch_combo.setItemData(i, ARCHITECTURE_HELP.get(name, ""), Qt.ToolTipRole)
+        self.arch_combo.setCurrentText("pipeline")
+        self.arch_combo.currentTextChanged.connect(self._on_arch_changed)
+        form.addRow("Architecture", self.arch_combo)
+
+        self.scratch_radio = QRadioButton("from scratch")
+        self.scratch_radio.setToolTip("Start from randomly initialised weights")
+        self.finetune_radio = QRadioButton("fine-tune checkpoint")
+        self.finetune_radio.setToolTip(
+            "Start from trained weights (the preset and architecture then come from the "
+            "checkpoint)"
+        )
+        self.scratch_radio.setChecked(True)
+        self._start_group = QButtonGroup(self)
+        self._start_group.addButton(self.scratch_radio)
+        self._start_group.addButton(self.finetune_radio)
+        self.finetune_radio.toggled.connect(self._update_enabled)
+        row = QHBoxLayout()
+        row.addWidget(self.scratch_radio)
+        row.addWidget(self.finetune_radio)
+        form.addRow("Start", row)
+        self.checkpoint_edit = PathEdit(
+            "file", filter="Checkpoints (*.pt);;All files (*)",
+            placeholder="best.pt of an earlier run",
+            tooltip="Checkpoint to fine-tune (a best.pt or last.pt written by napari-fcres)",
+        )
+        form.addRow("Checkpoint", self.checkpoint_edit)
+        self.freeze_check = QCheckBox("Adapt only the pre-processor")
+        self.freeze_check.setToolTip(
+            "Freeze the FC-ResNet and train only the learned pre-processor: adapts a trained "
+            "pipeline to a new microscope or scanner from few labels"
+        )
+        form.addRow(self.freeze_check)
+        root.addWidget(model_box)
+
+        # budget
+        budget_box = QGroupBox("Budget and output")
+        form = QFormLayout(budget_box)
+        self.epochs_spin = QSpinBox()
+        self.epochs_spin.setRange(1, 100000)
+        self.epochs_spin.setValue(100)
+        self.epochs_spin.setToolTip("Maximum number of epochs per ensemble member")
+        self.minutes_spin = QDoubleSpinBox()
+        self.minutes_spin.setRange(0.0, 100000.0)
+        self.minutes_spin.setDecimals(1)
+        self.minutes_spin.setValue(10.0)
+        self.minutes_spin.setSuffix(" min")
+        self.minutes_spin.setSpecialValueText("no limit")
+        self.minutes_spin.setToolTip(
+            "Wall-clock budget of the whole run, shared by the ensemble members (0 = no limit); "
+            "training ends at whichever of epochs and minutes comes first"
+        )
+        row = QHBoxLayout()
+        row.addWidget(self.epochs_spin)
+        row.addWidget(QLabel("epochs, at most"))
+        row.addWidget(self.minutes_spin)
+        form.addRow("Budget", row)
+        self.ensemble_spin = QSpinBox()
+        self.ensemble_spin.setRange(1, 20)
+        self.ensemble_spin.setValue(1)
+        self.ensemble_spin.setToolTip(
+            "Number of models trained on different train/validation splits; their averaged "
+            "prediction is more accurate and gives an uncertainty map"
+        )
+        form.addRow("Ensemble", self.ensemble_spin)
+        self.device_combo = QComboBox()
+        for label, key in device_choices():
+            self.device_combo.addItem(label, key)
+        self.device_combo.setToolTip("Compute device (CUDA GPUs by name, Apple MPS, CPU)")
+        form.addRow("Device", self.device_combo)
+        self.output_edit = PathEdit(
+            "folder",
+            tooltip="Folder of the run: config.yaml and member_KK/best.pt, last.pt.  Start "
+            "never overwrites a run (it picks a fresh folder); Resume continues the run here.",
+        )
+        self.output_edit.set_path(default_output_dir())
+        self.output_edit.edit.textEdited.connect(self._on_output_edited)
+        self.output_edit.changed.connect(self._update_enabled)
+        form.addRow("Output", self.output_edit)
+        root.addWidget(budget_box)
+
+        # advanced
+        from superqt import QCollapsible
+
+        self.advanced = QCollapsible("Advanced")
+        adv = QWidget()
+        form = QFormLayout(adv)
+        self.crop_spin = QSpinBox()
+        self.crop_spin.setRange(16, 2048)
+        self.crop_spin.setSingleStep(16)
+        self.crop_spin.setValue(256)
+        self.crop_spin.setToolTip(
+            "Side of the square training crops in pixels (at most the slice size; larger "
+            "crops see more context but need more memory)"
+        )
+        form.addRow("Crop size", self.crop_spin)
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(1, 256)
+        self.batch_spin.setToolTip("Crops per optimisation step; lower it when out of memory")
+        form.addRow("Batch size", self.batch_spin)
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(5)
+        self.lr_spin.setRange(1e-5, 1.0)
+        self.lr_spin.setSingleStep(1e-4)
+        self.lr_spin.setValue(1e-3)
+        self.lr_spin.setToolTip("RMSprop learning rate (the paper: 0.001)")
+        form.addRow("Learning rate", self.lr_spin)
+        self.val_spin = QDoubleSpinBox()
+        self.val_spin.setRange(0.0, 0.9)
+        self.val_spin.setSingleStep(0.05)
+        self.val_spin.setValue(0.2)
+        self.val_spin.setToolTip(
+            "Fraction of the annotated slices held out to pick the best epoch"
+        )
+        form.addRow("Validation", self.val_spin)
+        self.patience_spin = QSpinBox()
+        self.patience_spin.setRange(1, 100000)
+        self.patience_spin.setValue(50)
+        self.patience_spin.setToolTip(
+            "Stop a member when validation Dice has not improved for this many epochs"
+        )
+        form.addRow("Patience", self.patience_spin)
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.seed_spin.setToolTip("Random seed (splits, crops, initial weights)")
+        form.addRow("Seed", self.seed_spin)
+        self.advanced.addWidget(adv)
+        self.advanced.setToolTip("Crop size, batch size, learning rate, validation, seed")
+        root.addWidget(self.advanced)
+
+        # buttons
+        row = QHBoxLayout()
+        self.start_button = QPushButton("Start")
+        self.start_button.setToolTip("Train into a fresh output folder")
+        self.start_button.clicked.connect(self._on_start)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip(
+            "End training at the next step; best.pt and a resumable last.pt are kept"
+        )
+        self.stop_button.clicked.connect(self.stop)
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip(
+            "Continue the run in the output folder from its last.pt (e.g. after Stop)"
+        )
+        self.resume_button.clicked.connect(self._on_resume)
+        for b in (self.start_button, self.stop_button, self.resume_button):
+            row.addWidget(b)
+        root.addLayout(row)
+
+        self.status_label = QLabel("Ready")
+        self.status_label.setWordWrap(True)
+        self.status_label.setToolTip("State of the current or last run")
+        root.addWidget(self.status_label)
+
+        self.canvas, self.figure, axes = make_canvas(
+            (4.0, 3.6), nrows=2, viewer=self.viewer
+        )
+        self.ax_loss, self.ax_dice = axes
+        self.canvas.setToolTip(
+            "Training loss per step (top) and validation Dice per epoch (bottom)"
+        )
+        self._setup_axes()
+        root.addWidget(self.canvas, 1)
+        self._on_preset_changed(self.preset_combo.currentText())
+
+    def _setup_axes(self) -> None:
+        self.ax_loss.cla()
+        self.ax_dice.cla()
+        self.ax_loss.set_title("training loss", fontsize=9)
+        self.ax_loss.set_xlabel("step", fontsize=8)
+        self.ax_dice.set_title("validation Dice", fontsize=9)
+        self.ax_dice.set_xlabel("epoch", fontsize=8)
+        for ax in (self.ax_loss, self.ax_dice):
+            ax.tick_params(labelsize=7)
+        style_axes(self.figure, [self.ax_loss, self.ax_dice], self.viewer)
+        self._loss_lines: dict[int, Any] = {}
+        self._dice_lines: dict[int, Any] = {}
+        self._best_marker = None
+
+    # ------------------------------------------------------------------ state
+    def is_running(self) -> bool:
+        """True while a training worker runs."""
+        return self._worker is not None
+
+    def _update_enabled(self, *_: Any) -> None:
+        running = self.is_running()
+        for w in (
+            self.image_combo, self.labels_combo, self.partial_check, self.preset_combo,
+            self.arch_combo, self.scratch_radio, self.finetune_radio, self.epochs_spin,
+            self.minutes_spin, self.ensemble_spin, self.device_combo, self.output_edit,
+            self.advanced,
+        ):
+            w.setEnabled(not running)
+        finetune = self.finetune_radio.isChecked()
+        self.checkpoint_edit.setEnabled(not running and finetune)
+        self.freeze_check.setEnabled(not running and finetune)
+        self.preset_combo.setEnabled(not running and not finetune)
+        self.arch_combo.setEnabled(not running and not finetune)
+        self.start_button.setEnabled(not running)
+        self.stop_button.setEnabled(running and not self._stop_event.is_set())
+        out = self.output_edit.path()
+        self.resume_button.setEnabled(not running and bool(out) and _resumable(Path(out)))
+
+    def _on_output_edited(self, *_: Any) -> None:
+        self._auto_output = False
+
+    def _on_preset_changed(self, preset: str) -> None:
+        if preset in PRESETS:
+            self.batch_spin.setValue(preset_config(preset).train.batch_size)
+            self.preset_combo.setToolTip(
+                f"Model size.  {preset}: {PRESET_HELP.get(preset, '')}"
+            )
+
+    def _on_arch_changed(self, arch: str) -> None:
+        self.arch_combo.setToolTip(
+            f"Network to train.  {arch}: {ARCHITECTURE_HELP.get(arch, '')}"
+        )
+
+    def _on_partial_clicked(self, *_: Any) -> None:
+        self._partial_user_set = True
+
+    def _on_labels_changed(self, *_: Any) -> None:
+        layer = self.labels_combo.layer()
+        if layer is None:
+            self.annotated_label.setText("")
+            return
+        labels = layer_data(layer)
+        if not self._partial_user_set:
+            self.partial_check.setChecked(detect_partial(labels))
+        if labels.ndim == 3:
+            n = int(labels.reshape(labels.shape[0], -1).any(axis=1).sum())
+            self.annotated_label.setText(f"{n} of {labels.shape[0]} slices annotated")
+        else:
+            self.annotated_label.setText("")
+
+    # ------------------------------------------------------------------ config
+    def build_config(self, *, partial: bool, slice_shape: tuple[int, int] | None = None,
+                     freeze_fcresnet: bool | None = None) -> Config:
+        """The run's :class:`Config` from the widget's settings."""
+        cfg = preset_config(self.preset_combo.currentText(), self.arch_combo.currentText())
+        crop = self.crop_spin.value()
+        if slice_shape is not None and crop > min(slice_shape):
+            crop = int(min(slice_shape))
+            log.info("crop size lowered to %d to fit slices of %s", crop, slice_shape)
+        minutes = self.minutes_spin.value()
+        freeze = self.freeze_check.isChecked() if freeze_fcresnet is None else freeze_fcresnet
+        cfg.train = dataclasses.replace(
+            cfg.train,
+            epochs=self.epochs_spin.value(),
+            max_minutes=minutes if minutes > 0 else None,
+            ensemble=self.ensemble_spin.value(),
+            device=str(self.device_combo.currentData() or "cpu"),
+            batch_size=self.batch_spin.value(),
+            crop_size=crop,
+            lr=self.lr_spin.value(),
+            val_fraction=self.val_spin.value(),
+            patience=self.patience_spin.value(),
+            seed=self.seed_spin.value(),
+            freeze_fcresnet=bool(freeze),
+        )
+        cfg.data = dataclasses.replace(cfg.data, partial=partial)
+        return cfg
+
+    # ------------------------------------------------------------------ actions
+    def _on_start(self) -> None:
+        self._launch(resume=False)
+
+    def _on_resume(self) -> None:
+        self._launch(resume=True)
+
+    def _launch(self, resume: bool) -> None:
+        try:
+            self._start_run(
+                self.image_combo.layer(), self.labels_combo.layer(), resume=resume,
+                init_checkpoint=(
+                    self.checkpoint_edit.path() or None
+                    if self.finetune_radio.isChecked() else None
+                ),
+                partial=self.partial_check.isChecked() if self._partial_user_set else None,
+            )
+        except FcresError as exc:
+            notify_error(exc, "Cannot start training")
+
+    def train_on(
+        self,
+        image_layer: Any,
+        labels_layer: Any,
+        *,
+        slices: list[int] | None = None,
+        init_checkpoint: str | None = None,
+        freeze_fcresnet: bool = False,
+        output_dir: str | None = None,
+        partial: bool | None = None,
+    ) -> None:
+        """Train on two layers with the widget's other settings (the Export widget's hook).
+
+        ``slices`` restricts training to those indices along the first axis of a stack;
+        ``init_checkpoint`` fine-tunes those weights (``freeze_fcresnet``: adapt only the
+        pre-processor); ``output_dir`` defaults to a fresh folder under
+        ``~/.napari-fcres/runs``; ``partial`` (None: detect) is the annotation mode.  Returns
+        at once; ``finished`` / ``failed`` report the end.  Raises :class:`FcresError` when a
+        run is already active or the inputs cannot be used.
+        """
+        if init_checkpoint:
+            self.finetune_radio.setChecked(True)
+            self.checkpoint_edit.set_path(init_checkpoint)
+        self.freeze_check.setChecked(bool(freeze_fcresnet))
+        if output_dir is not None:
+            self.output_edit.set_path(output_dir)
+            self._auto_output = False
+        self._start_run(
+            image_layer, labels_layer, resume=False, init_checkpoint=init_checkpoint,
+            slices=slices, freeze_fcresnet=freeze_fcresnet, partial=partial,
+            output_dir=Path(output_dir).expanduser() if output_dir else None,
+        )
+
+    def _start_run(
+        self,
+        image_layer: Any,
+        labels_layer: Any,
+        *,
+        resume: bool,
+        init_checkpoint: str | None = None,
+        slices: Sequence[int] | None = None,
+        freeze_fcresnet: bool | None = None,
+        partial: bool | None = None,
+        output_dir: Path | None = None,
+    ) -> None:
+        if self.is_running():
+            raise FcresError("a training run is already active; stop it first")
+        if image_layer is None:
+            raise InputError("choose an image layer to train on")
+        if labels_layer is None:
+            raise InputError("choose a labels layer (add one and paint some labels)")
+        self.image_combo.set_layer(image_layer)
+        self.labels_combo.set_layer(labels_layer)
+        image = layer_data(image_layer)
+        labels = np.array(layer_data(labels_layer), copy=True)  # painting may go on
+        if image.shape != labels.shape:
+            raise InputError(
+                f"image {image_layer.name!r} has shape {image.shape} but labels "
+                f"{labels_layer.name!r} have shape {labels.shape}; they must match"
+            )
+        if getattr(image_layer, "rgb", False):
+            raise InputError("RGB images are not supported; convert the layer to grey values")
+        if slices is not None:
+            if image.ndim != 3:
+                raise InputError("slices can only be chosen in a 3-D stack")
+            index = sorted({int(s) for s in slices})
+            if not index or index[0] < 0 or index[-1] >= image.shape[0]:
+                raise InputError(
+                    f"slices {list(slices)} are out of range for {image.shape[0]} slices"
+                )
+            image = np.take(image, index, axis=0)
+            labels = np.take(labels, index, axis=0)
+        if partial is None:
+            partial = detect_partial(labels)
+        if init_checkpoint and not Path(init_checkpoint).expanduser().exists():
+            raise InputError(f"checkpoint not found: {init_checkpoint}")
+        if not init_checkpoint and self.finetune_radio.isChecked() and not resume:
+            raise InputError("choose the checkpoint to fine-tune (or start from scratch)")
+
+        out = output_dir or (Path(self.output_edit.path()) if self.output_edit.path() else None)
+        if resume:
+            if out is None or not _resumable(out):
+                raise InputError(f"{out} holds no run to resume (no member_KK/last.pt)")
+        else:
+            if out is None:
+                out = default_output_dir()
+            elif self._auto_output and out.parent == runs_root():
+                out = default_output_dir() if _holds_run(out) else out
+            else:
+                out = _unused(out)
+        self.output_edit.set_path(out)
+
+        cfg = self.build_config(
+            partial=bool(partial), slice_shape=image.shape[-2:], freeze_fcresnet=freeze_fcresnet
+        )
+        if init_checkpoint:
+            init_checkpoint = str(Path(init_checkpoint).expanduser())
+
+        self._stop_event.clear()
+        if not (resume and self._plot_dir == out):
+            self._reset_plot_data()
+            self._setup_axes()
+            self.canvas.draw_idle()
+        self._plot_dir = out
+        self._run_dir = out
+        desc = f"Training {cfg.model.preset} {cfg.model.architecture}"
+        self._progress = _StoppableProgress(desc, self.stop)
+        verb = "Resuming" if resume else "Starting"
+        self.status_label.setText(f"{verb} training into {out} ...")
+        log.info("%s training into %s (partial=%s, slices=%s)", verb.lower(), out, partial,
+                 None if slices is None else list(slices))
+        self._worker = start_worker(
+            _train_job, cfg, image, labels, out, resume, init_checkpoint, self._stop_event,
+            _worker_threads(),
+            on_yield=self._on_progress, on_done=self._on_done, on_error=self._on_error,
+            on_finished=self._on_finished,
+        )
+        self._plot_timer.start()
+        self._update_enabled()
+
+    def stop(self) -> None:
+        """End the run at the next step (best.pt and a resumable last.pt are kept)."""
+        if not self.is_running() or self._stop_event.is_set():
+            return
+        self._stop_event.set()
+        self.status_label.setText("Stopping at the next step ...")
+        self._update_enabled()
+
+    # ------------------------------------------------------------------ worker callbacks
+    def _on_progress(self, p: TrainProgress) -> None:
+        if self._progress is not None:
+            self._progress.set_fraction(p.fraction)
+        if p.kind == "step" and p.loss is not None:
+            xs, ys = self._loss.setdefault(p.member, ([], []))
+            xs.append(p.step)
+            ys.append(p.loss)
+            self._dirty = True
+        elif p.kind == "validation" and p.val_dice is not None:
+            xs, ys = self._dice.setdefault(p.member, ([], []))
+            xs.append(p.epoch)
+            ys.append(p.val_dice)
+            self._dirty = True
+            if self._progress is not None:
+                self._progress.set_description(
+                    f"Training: member {p.member + 1}/{p.n_members}, epoch {p.epoch}/{p.epochs}"
+                )
+        if p.kind in ("step", "validation"):
+            self.status_label.setText(self._status_text(p))
+        self.progressed.emit(p)
+
+    def _status_text(self, p: TrainProgress) -> str:
+        parts = []
+        if p.n_members > 1:
+            parts.append(f"member {p.member + 1}/{p.n_members}")
+        epoch = p.epoch + 1 if p.kind == "step" else p.epoch
+        parts.append(f"epoch {min(epoch, p.epochs)}/{p.epochs}")
+        parts.append(f"step {p.step}")
+        if p.loss is not None:
+            parts.append(f"loss {p.loss:.4f}")
+        if p.best_val_dice is not None:
+            parts.append(f"best val Dice {p.best_val_dice:.3f} (epoch {p.best_epoch})")
+        parts.append(f"{int(p.elapsed) // 60}:{int(p.elapsed) % 60:02d} elapsed")
+        return " · ".join(parts)
+
+    def _on_done(self, result: TrainResult) -> None:
+        self.last_result = result
+        self.best_checkpoints = [Path(p) for p in result.best_checkpoints if Path(p).exists()]
+        remember_checkpoints(self.best_checkpoints)
+        dice = ", ".join(f"{d:.3f}" for d in result.best_val_dice if d is not None and d >= 0)
+        state = "stopped" if result.stopped else "finished"
+        where = self.best_checkpoints[0] if len(self.best_checkpoints) == 1 else result.out_dir
+        msg = f"Training {state}: best validation Dice {dice or 'n/a'}; best model: {where}"
+        self.status_label.setText(msg)
+        notify_info(msg)
+        self.finished.emit(result)
+
+    def _on_error(self, exc: WorkerFailed) -> None:
+        self.status_label.setText(f"Training failed: {exc.message}")
+        notify_error(exc, "Training failed")
+        self.failed.emit(exc)
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._plot_timer.stop()
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self._redraw(force=True)
+        result = self.last_result
+        if (
+            self._auto_output and result is not None and not result.stopped
+            and self._run_dir is not None and Path(result.out_dir) == self._run_dir
+        ):
+            # finished runs cannot be resumed: the next Start goes to a fresh folder
+            self.output_edit.set_path(default_output_dir())
+        self._update_enabled()
+
+    # ------------------------------------------------------------------ plot
+    def _reset_plot_data(self) -> None:
+        self._loss: dict[int, tuple[list[int], list[float]]] = {}
+        self._dice: dict[int, tuple[list[int], list[float]]] = {}
+        self._dirty = False
+
+    def plot_data(self) -> dict[str, dict[int, tuple[list, list]]]:
+        """The plotted series: ``{"loss": {member: (steps, losses)}, "dice": {...}}``."""
+        return {"loss": self._loss, "dice": self._dice}
+
+    def _redraw(self, force: bool = False) -> None:
+        if not (self._dirty or force):
+            return
+        self._dirty = False
+        colors = [f"C{i % 10}" for i in range(max([0, *self._loss, *self._dice]) + 1)]
+        for member, (xs, ys) in self._loss.items():
+            line = self._loss_lines.get(member)
+            if line is None:
+                (line,) = self.ax_loss.plot([], [], lw=0.8, color=colors[member],
+                                            label=f"member {member + 1}")
+                self._loss_lines[member] = line
+            line.set_data(xs, ys)
+        for member, (xs, ys) in self._dice.items():
+            line = self._dice_lines.get(member)
+            if line is None:
+                (line,) = self.ax_dice.plot([], [], "o-", ms=3, lw=1, color=colors[member])
+                self._dice_lines[member] = line
+            line.set_data(xs, ys)
+        for ax in (self.ax_loss, self.ax_dice):
+            ax.relim()
+            ax.autoscale_view()
+        if self._dice:
+            self.ax_dice.set_ylim(0.0, 1.02)
+        if len(self._loss_lines) > 1 and self.ax_loss.get_legend() is None:
+            self.ax_loss.legend(fontsize=7)
+        self.canvas.draw_idle()
