@@ -289,7 +289,9 @@ def predict(
         raise InputError("no model given")
     image = _validate_image(image)
     if tile_size < 1 or batch_size < 1:
-        raise InputError(f"tile_size and batch_size must be positive, got {tile_size}, {batch_size}")
+        raise InputError(
+            f"tile_size and batch_size must be positive, got {tile_size} and {batch_size}"
+        )
     if not 0 <= overlap < tile_size:
         raise InputError(f"overlap must be in [0, tile_size), got {overlap} (tile {tile_size})")
     dev = _resolve_device(device)
@@ -335,11 +337,19 @@ def predict(
             while True:
                 try:
                     has_norm = _predict_slice(
-                        model_list, stack[idx], grid, settings.batch_size, tta, dev,
-                        use_cl, use_amp, probs[idx],
+                        model_list,
+                        stack[idx],
+                        grid,
+                        settings.batch_size,
+                        tta,
+                        dev,
+                        use_cl,
+                        use_amp,
+                        probs[idx],
                         None if spread is None else spread[idx],
                         None if normalized is None else normalized[idx],
-                        tracker, should_stop,
+                        tracker,
+                        should_stop,
                     )
                     break
                 except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
@@ -349,7 +359,7 @@ def predict(
                 # out of the except block so the failed tensors can be freed
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
-                _shrink(settings, oom_message, h, w)
+                _shrink(settings, oom_message, h, w, grid.n_tiles)
                 grid = _Grid.build(h, w, settings.tile, settings.overlap, divisor)
                 remaining = len(indices) - pos
                 tracker.total = tracker.done + grid.n_tiles * remaining * n_models
@@ -367,7 +377,12 @@ def predict(
     result = PredictionResult(back(probs), back(normalized), back(spread))  # type: ignore[arg-type]
     log.debug(
         "predicted %d slice(s) of %dx%d with %d model(s), tile %d, batch %d",
-        len(indices), h, w, n_models, settings.tile, settings.batch_size,
+        len(indices),
+        h,
+        w,
+        n_models,
+        settings.tile,
+        settings.batch_size,
     )
     return result
 
@@ -389,8 +404,9 @@ def _slice_indices(slices: Sequence[int] | None, depth: int) -> list[int]:
     return sorted(out)
 
 
-def _shrink(settings: _Settings, message: str, h: int, w: int) -> None:
-    """Halve the batch size, else the tile size; raise when nothing is left to lower."""
+def _shrink(settings: _Settings, message: str, h: int, w: int, n_tiles: int) -> None:
+    """Halve the (effective) batch size, else the tile size; raise when nothing is left."""
+    settings.batch_size = min(settings.batch_size, n_tiles)
     if settings.batch_size > 1:
         settings.batch_size //= 2
         log.warning("out of memory (%s); retrying with batch size %d", message, settings.batch_size)
@@ -402,7 +418,9 @@ def _shrink(settings: _Settings, message: str, h: int, w: int) -> None:
             settings.overlap = settings.tile // 4
         log.warning(
             "out of memory (%s); retrying with tile size %d, overlap %d",
-            message, settings.tile, settings.overlap,
+            message,
+            settings.tile,
+            settings.overlap,
         )
         return
     raise OutOfMemoryError(
@@ -414,7 +432,8 @@ def _shrink(settings: _Settings, message: str, h: int, w: int) -> None:
 
 def _save_state(model: torch.nn.Module) -> tuple[bool, bool]:
     cl = any(
-        p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+        p.dim() == 4
+        and p.is_contiguous(memory_format=torch.channels_last)
         and not p.is_contiguous()
         for p in model.parameters()
     )

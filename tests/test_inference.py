@@ -67,7 +67,7 @@ def test_spans_cover_axis_aligned_to_divisor():
             assert b - a <= 128 + 3
             covered[a:b] = True
         assert covered.all()
-        for (a0, b0), (a1, _) in zip(spans[:-1], spans[1:], strict=True):
+        for (_, b0), (a1, _) in zip(spans[:-1], spans[1:], strict=True):
             assert b0 - a1 >= 32  # neighbours overlap by at least ``overlap``
 
 
@@ -108,10 +108,12 @@ def test_stack_predicted_slice_wise(model, axis):
     for i in range(3):
         sl = np.take(stack, i, axis=axis)
         single = predict(model, sl, tile_size=64, overlap=16, return_normalized=True)
-        np.testing.assert_allclose(np.take(res.probabilities, i, axis=axis),
-                                   single.probabilities, atol=1e-6)
-        np.testing.assert_allclose(np.take(res.normalized, i, axis=axis),
-                                   single.normalized, atol=1e-5)
+        np.testing.assert_allclose(
+            np.take(res.probabilities, i, axis=axis), single.probabilities, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            np.take(res.normalized, i, axis=axis), single.normalized, atol=1e-5
+        )
 
 
 def test_dtypes_are_raw_values(model):
@@ -135,11 +137,13 @@ def test_ensemble_mean_and_spread():
     p1 = predict(m1, stack, return_normalized=True)
     p2 = predict(m2, stack, return_normalized=True)
     res = predict([m1, m2], stack, return_spread=True, return_normalized=True)
-    np.testing.assert_allclose(res.probabilities, (p1.probabilities + p2.probabilities) / 2,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        res.probabilities, (p1.probabilities + p2.probabilities) / 2, atol=1e-6
+    )
     assert res.spread is not None
-    np.testing.assert_allclose(res.spread, np.abs(p1.probabilities - p2.probabilities) / 2,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        res.spread, np.abs(p1.probabilities - p2.probabilities) / 2, atol=1e-5
+    )
     assert res.spread.max() > 0.01
     np.testing.assert_allclose(res.normalized, (p1.normalized + p2.normalized) / 2, atol=1e-5)
     assert predict(m1, stack, return_spread=True).spread is None  # one model: no spread
@@ -181,8 +185,14 @@ def test_slices_only(model):
 
 def test_progress_and_stop(model):
     calls: list[tuple[int, int]] = []
-    predict(model, _image((2, 100, 100)), tile_size=64, overlap=16, batch_size=3,
-            progress=lambda d, t: calls.append((d, t)))
+    predict(
+        model,
+        _image((2, 100, 100)),
+        tile_size=64,
+        overlap=16,
+        batch_size=3,
+        progress=lambda d, t: calls.append((d, t)),
+    )
     # 2x2 tiles per slice, 2 slices
     assert calls[-1] == (8, 8)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
@@ -193,8 +203,9 @@ def test_progress_and_stop(model):
         return len(seen) > 1
 
     with pytest.raises(StoppedError):
-        predict(model, _image((2, 100, 100)), tile_size=64, overlap=16, batch_size=1,
-                should_stop=stop)
+        predict(
+            model, _image((2, 100, 100)), tile_size=64, overlap=16, batch_size=1, should_stop=stop
+        )
 
 
 def test_bad_inputs(model):
@@ -246,9 +257,17 @@ def test_oom_retry_halves_batch_then_tile(model, caplog):
     oom = _OomBelow(model, limit=140)
     calls: list[tuple[int, int]] = []
     with caplog.at_level("WARNING"):
-        got = predict(oom, image, tile_size=512, overlap=64, batch_size=4,
-                      progress=lambda d, t: calls.append((d, t)))
-    assert "batch size 1" in caplog.text and "tile size 128" in caplog.text
+        got = predict(
+            oom,
+            image,
+            tile_size=256,
+            overlap=64,
+            batch_size=8,
+            progress=lambda d, t: calls.append((d, t)),
+        )
+    # 2x2 tiles of 256: batch 8 -> (4) -> 2 -> 1, then tiles 256 -> 128 (overlap 64 -> 32)
+    assert "batch size 2" in caplog.text and "batch size 1" in caplog.text
+    assert "tile size 128, overlap 32" in caplog.text and "batch size 4" not in caplog.text
     want = predict(model, image, tile_size=128, overlap=32, batch_size=1).probabilities
     np.testing.assert_allclose(got.probabilities, want, atol=1e-5)
     assert calls[-1][0] == calls[-1][1]

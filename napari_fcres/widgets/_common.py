@@ -10,6 +10,7 @@ Public API (kept small on purpose):
 * :class:`LayerCombo` - a combo box of the viewer's layers of one type that follows layer
   insertion, removal and renaming; ``.layer()`` gives the chosen layer.
 * :class:`PathEdit` - a line edit plus "Browse..." button for a file or folder.
+* :class:`CheckpointCombo` - editable list of this session's checkpoints plus "Browse...".
 * :func:`device_choices` - ``(label, key)`` of every compute device.
 * :func:`recent_checkpoints` / :func:`remember_checkpoints` / :func:`checkpoint_registry` -
   checkpoints trained in this session (newest first), with a ``changed`` Qt signal.
@@ -56,6 +57,7 @@ __all__ = [
     "notify_info",
     "LayerCombo",
     "PathEdit",
+    "CheckpointCombo",
     "device_choices",
     "recent_checkpoints",
     "remember_checkpoints",
@@ -413,6 +415,69 @@ class PathEdit(QWidget):
 
     def set_path(self, path: str | Path | None) -> None:
         self.edit.setText("" if path is None else str(path))
+
+
+class CheckpointCombo(QWidget):
+    """Editable combo of this session's checkpoints (newest first) plus "Browse...".
+
+    Follows :func:`recent_checkpoints`: a newly trained checkpoint becomes the choice unless
+    the user picked another file.  ``path()`` gives the chosen file ("" when none).
+    """
+
+    changed = Signal(str)
+
+    def __init__(self, tooltip: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.combo = QComboBox()
+        self.combo.setEditable(True)
+        self.combo.setInsertPolicy(QComboBox.NoInsert)
+        self.combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.combo.setMinimumContentsLength(12)
+        self.combo.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.combo.lineEdit().setPlaceholderText("best.pt of a run (train one first)")
+        self.combo.setToolTip(tooltip or "Checkpoint file (best.pt) written by napari-fcres")
+        self.combo.currentTextChanged.connect(self.changed.emit)
+        self.button = QPushButton("Browse...")
+        self.button.setToolTip("Choose a checkpoint file in a dialog")
+        self.button.clicked.connect(self._browse)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.combo, 1)
+        lay.addWidget(self.button)
+        self.setToolTip(self.combo.toolTip())
+        self._newest = ""
+        checkpoint_registry().changed.connect(self._on_registry_changed)
+        self._on_registry_changed(recent_checkpoints())
+
+    def _on_registry_changed(self, paths: list) -> None:
+        current = self.combo.currentText()
+        items = [str(p) for p in paths]
+        follow = not current or current == self._newest
+        self.combo.blockSignals(True)
+        try:
+            self.combo.clear()
+            self.combo.addItems(items)
+            self.combo.setEditText(items[0] if follow and items else current)
+        finally:
+            self.combo.blockSignals(False)
+        self._newest = items[0] if items else ""
+        if self.combo.currentText() != current:
+            self.changed.emit(self.combo.currentText())
+
+    def _browse(self) -> None:
+        start = self.path() or str(Path.home())
+        chosen, _ = QFileDialog.getOpenFileName(
+            self, "Choose a checkpoint", start, "Checkpoints (*.pt);;All files (*)"
+        )
+        if chosen:
+            self.set_path(chosen)
+
+    def path(self) -> str:
+        text = self.combo.currentText().strip()
+        return str(Path(text).expanduser()) if text else ""
+
+    def set_path(self, path: str | Path | None) -> None:
+        self.combo.setEditText("" if path is None else str(path))
 
 
 # ----------------------------------------------------------------------------- devices

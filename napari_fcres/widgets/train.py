@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QButtonGroup,
@@ -162,6 +163,34 @@ def _train_job(
     return result
 
 
+_WARM_UP_STARTED = False
+
+
+def _warm_up() -> None:
+    """Import what a run needs, off the GUI thread, before the first run.
+
+    ``torch.optim`` pulls in ``torch._dynamo`` lazily when the first optimizer is built: about
+    a second of imports that hold the GIL for up to 200 ms at a time.  Done in the training
+    worker this froze the viewer at the start of the first run.
+    """
+    try:
+        import torch
+
+        from .. import inference, training  # noqa: F401
+
+        torch.optim.RMSprop([torch.zeros(1, requires_grad=True)])
+    except Exception as exc:  # noqa: BLE001 - only an optimisation
+        log.debug("warm-up failed: %s", exc)
+
+
+def warm_up_in_background() -> None:
+    """Start :func:`_warm_up` once per process in a daemon thread."""
+    global _WARM_UP_STARTED
+    if not _WARM_UP_STARTED:
+        _WARM_UP_STARTED = True
+        threading.Thread(target=_warm_up, name="napari-fcres-warm-up", daemon=True).start()
+
+
 def _worker_threads() -> int | None:
     """Torch threads for training: leave one core to the GUI thread on small machines."""
     env = os.environ.get("NAPARI_FCRES_TRAIN_THREADS")
@@ -185,6 +214,7 @@ class _StoppableProgress:
                 outer._on_cancel()
 
         self._on_cancel = on_cancel
+        self._desc = desc
         self.bar = _Bar(total=PROGRESS_TOTAL, desc=desc)
 
     def set_fraction(self, fraction: float) -> None:
@@ -193,7 +223,9 @@ class _StoppableProgress:
             self.bar.update(target - self.bar.n)
 
     def set_description(self, desc: str) -> None:
-        self.bar.set_description(desc)
+        if desc != self._desc:  # every update makes napari's bar call processEvents()
+            self._desc = desc
+            self.bar.set_description(desc)
 
     def close(self) -> None:
         self.bar.close()
@@ -224,18 +256,21 @@ class TrainWidget(QWidget):
         self._worker: Any = None
         self._stop_event = threading.Event()
         self._progress: _StoppableProgress | None = None
-        self._auto_output = True
         self._partial_user_set = False
         self._plot_dir: Path | None = None
+        self._latest: TrainProgress | None = None
+        self._shown: TrainProgress | None = None
+        self._ticking = False
         self._run_dir: Path | None = None
         self._reset_plot_data()
         self._build()
         self._plot_timer = QTimer(self)
         self._plot_timer.setInterval(PLOT_INTERVAL_MS)
-        self._plot_timer.timeout.connect(self._redraw)
+        self._plot_timer.timeout.connect(self._tick)
         self.destroyed.connect(self._stop_event.set)
         self._on_labels_changed()
         self._update_enabled()
+        warm_up_in_background()
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -338,11 +373,8 @@ class TrainWidget(QWidget):
             "Wall-clock budget of the whole run, shared by the ensemble members (0 = no limit); "
             "training ends at whichever of epochs and minutes comes first"
         )
-        row = QHBoxLayout()
-        row.addWidget(self.epochs_spin)
-        row.addWidget(QLabel("epochs, at most"))
-        row.addWidget(self.minutes_spin)
-        form.addRow("Budget", row)
+        form.addRow("Epochs", self.epochs_spin)
+        form.addRow("Time limit", self.minutes_spin)
         self.ensemble_spin = QSpinBox()
         self.ensemble_spin.setRange(1, 20)
         self.ensemble_spin.setValue(1)
@@ -362,7 +394,6 @@ class TrainWidget(QWidget):
             "never overwrites a run (it picks a fresh folder); Resume continues the run here.",
         )
         self.output_edit.set_path(default_output_dir())
-        self.output_edit.edit.textEdited.connect(self._on_output_edited)
         self.output_edit.changed.connect(self._update_enabled)
         form.addRow("Output", self.output_edit)
         root.addWidget(budget_box)
@@ -437,6 +468,9 @@ class TrainWidget(QWidget):
 
         self.status_label = QLabel("Ready")
         self.status_label.setWordWrap(True)
+        self.status_label.setAlignment(Qt.AlignLeft | Qt.AlignTop)
+        # a fixed height: a label that grows by a line would resize (and fully redraw) the plot
+        self.status_label.setFixedHeight(self.status_label.fontMetrics().lineSpacing() * 3 + 4)
         self.status_label.setToolTip("State of the current or last run")
         root.addWidget(self.status_label)
 
@@ -444,12 +478,15 @@ class TrainWidget(QWidget):
             (4.0, 3.6), nrows=2, viewer=self.viewer
         )
         self.ax_loss, self.ax_dice = axes
+        self.canvas.mpl_connect("draw_event", self._on_canvas_draw)
+        self.canvas.mpl_connect("resize_event", self._relayout)
         self.canvas.setToolTip(
             "Training loss per step (top) and validation Dice per epoch (bottom)"
         )
         self._setup_axes()
         root.addWidget(self.canvas, 1)
         self._on_preset_changed(self.preset_combo.currentText())
+        self._on_arch_changed(self.arch_combo.currentText())
 
     def _setup_axes(self) -> None:
         self.ax_loss.cla()
@@ -460,10 +497,18 @@ class TrainWidget(QWidget):
         self.ax_dice.set_xlabel("epoch", fontsize=8)
         for ax in (self.ax_loss, self.ax_dice):
             ax.tick_params(labelsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        self.ax_loss.set_xlim(0, 10)
+        self.ax_loss.set_ylim(0, 1)
+        self.ax_dice.set_xlim(0, 5)
+        self.ax_dice.set_ylim(0, 1.02)
         style_axes(self.figure, [self.ax_loss, self.ax_dice], self.viewer)
         self._loss_lines: dict[int, Any] = {}
         self._dice_lines: dict[int, Any] = {}
-        self._best_marker = None
+        self._add_lines(0)  # the first member's lines exist up front: no full redraw for them
+        self._loss_range: tuple[float, float] | None = None
+        self._background: Any = None
+        self.figure.set_layout_engine("constrained")
 
     # ------------------------------------------------------------------ state
     def is_running(self) -> bool:
@@ -488,9 +533,6 @@ class TrainWidget(QWidget):
         self.stop_button.setEnabled(running and not self._stop_event.is_set())
         out = self.output_edit.path()
         self.resume_button.setEnabled(not running and bool(out) and _resumable(Path(out)))
-
-    def _on_output_edited(self, *_: Any) -> None:
-        self._auto_output = False
 
     def _on_preset_changed(self, preset: str) -> None:
         if preset in PRESETS:
@@ -558,6 +600,8 @@ class TrainWidget(QWidget):
 
     def _launch(self, resume: bool) -> None:
         try:
+            if self.finetune_radio.isChecked() and not self.checkpoint_edit.path() and not resume:
+                raise InputError("choose the checkpoint to fine-tune (or start from scratch)")
             self._start_run(
                 self.image_combo.layer(), self.labels_combo.layer(), resume=resume,
                 init_checkpoint=(
@@ -589,13 +633,16 @@ class TrainWidget(QWidget):
         at once; ``finished`` / ``failed`` report the end.  Raises :class:`FcresError` when a
         run is already active or the inputs cannot be used.
         """
+        if self.is_running():
+            raise FcresError("a training run is already active; stop it first")
         if init_checkpoint:
             self.finetune_radio.setChecked(True)
             self.checkpoint_edit.set_path(init_checkpoint)
+        else:
+            self.scratch_radio.setChecked(True)
         self.freeze_check.setChecked(bool(freeze_fcresnet))
         if output_dir is not None:
             self.output_edit.set_path(output_dir)
-            self._auto_output = False
         self._start_run(
             image_layer, labels_layer, resume=False, init_checkpoint=init_checkpoint,
             slices=slices, freeze_fcresnet=freeze_fcresnet, partial=partial,
@@ -645,8 +692,6 @@ class TrainWidget(QWidget):
             partial = detect_partial(labels)
         if init_checkpoint and not Path(init_checkpoint).expanduser().exists():
             raise InputError(f"checkpoint not found: {init_checkpoint}")
-        if not init_checkpoint and self.finetune_radio.isChecked() and not resume:
-            raise InputError("choose the checkpoint to fine-tune (or start from scratch)")
 
         out = output_dir or (Path(self.output_edit.path()) if self.output_edit.path() else None)
         if resume:
@@ -655,10 +700,9 @@ class TrainWidget(QWidget):
         else:
             if out is None:
                 out = default_output_dir()
-            elif self._auto_output and out.parent == runs_root():
-                out = default_output_dir() if _holds_run(out) else out
-            else:
-                out = _unused(out)
+            elif _holds_run(out):
+                # never overwrite a run: a fresh default folder, or a numbered sibling
+                out = default_output_dir() if out.parent == runs_root() else _unused(out)
         self.output_edit.set_path(out)
 
         cfg = self.build_config(
@@ -668,10 +712,11 @@ class TrainWidget(QWidget):
             init_checkpoint = str(Path(init_checkpoint).expanduser())
 
         self._stop_event.clear()
+        self._latest = self._shown = None
         if not (resume and self._plot_dir == out):
             self._reset_plot_data()
             self._setup_axes()
-            self.canvas.draw_idle()
+            self.canvas.draw()
         self._plot_dir = out
         self._run_dir = out
         desc = f"Training {cfg.model.preset} {cfg.model.architecture}"
@@ -699,8 +744,9 @@ class TrainWidget(QWidget):
 
     # ------------------------------------------------------------------ worker callbacks
     def _on_progress(self, p: TrainProgress) -> None:
-        if self._progress is not None:
-            self._progress.set_fraction(p.fraction)
+        # Only record here: napari's progress bar calls processEvents() when updated, which
+        # would deliver later reports re-entrantly; the GUI is refreshed by the timer (_tick).
+        self._latest = p
         if p.kind == "step" and p.loss is not None:
             xs, ys = self._loss.setdefault(p.member, ([], []))
             xs.append(p.step)
@@ -711,13 +757,29 @@ class TrainWidget(QWidget):
             xs.append(p.epoch)
             ys.append(p.val_dice)
             self._dirty = True
-            if self._progress is not None:
-                self._progress.set_description(
-                    f"Training: member {p.member + 1}/{p.n_members}, epoch {p.epoch}/{p.epochs}"
-                )
-        if p.kind in ("step", "validation"):
-            self.status_label.setText(self._status_text(p))
         self.progressed.emit(p)
+
+    def _tick(self, force: bool = False) -> None:
+        """Refresh status, progress bar and plot from the latest report (timer-driven)."""
+        if self._ticking:
+            return
+        self._ticking = True
+        try:
+            p = self._latest
+            if p is not None and p.kind in ("step", "validation") and (
+                force or p is not self._shown
+            ):
+                self._shown = p
+                self.status_label.setText(self._status_text(p))
+                if self._progress is not None:
+                    self._progress.set_fraction(p.fraction)
+                    self._progress.set_description(
+                        f"Training member {p.member + 1}/{p.n_members}, "
+                        f"epoch {min(p.epoch + 1, p.epochs)}/{p.epochs}"
+                    )
+            self._redraw(force)
+        finally:
+            self._ticking = False
 
     def _status_text(self, p: TrainProgress) -> str:
         parts = []
@@ -759,10 +821,10 @@ class TrainWidget(QWidget):
         self._redraw(force=True)
         result = self.last_result
         if (
-            self._auto_output and result is not None and not result.stopped
-            and self._run_dir is not None and Path(result.out_dir) == self._run_dir
+            result is not None and not result.stopped and self._run_dir is not None
+            and Path(result.out_dir) == self._run_dir and self._run_dir.parent == runs_root()
         ):
-            # finished runs cannot be resumed: the next Start goes to a fresh folder
+            # a finished run has nothing to resume: the next Start gets a fresh default folder
             self.output_edit.set_path(default_output_dir())
         self._update_enabled()
 
@@ -776,29 +838,88 @@ class TrainWidget(QWidget):
         """The plotted series: ``{"loss": {member: (steps, losses)}, "dice": {...}}``."""
         return {"loss": self._loss, "dice": self._dice}
 
+    def _on_canvas_draw(self, event: Any = None) -> None:
+        """After a full draw: keep the empty axes for blitting, then draw the lines."""
+        self._background = self.canvas.copy_from_bbox(self.figure.bbox)
+        for line in self._all_lines():
+            self.figure.draw_artist(line)
+        if self.figure.get_layout_engine() is not None:
+            # constrained layout doubles the cost of every draw: lay out once, then freeze
+            QTimer.singleShot(0, self._freeze_layout)
+
+    def _freeze_layout(self) -> None:
+        try:
+            self.figure.set_layout_engine("none")
+        except RuntimeError:  # the widget is gone
+            pass
+
+    def _relayout(self, event: Any = None) -> None:
+        """The canvas changed size: lay the axes out again at the next draw."""
+        self.figure.set_layout_engine("constrained")
+
+    def _all_lines(self) -> list[Any]:
+        return [*self._loss_lines.values(), *self._dice_lines.values()]
+
+    def _grow_limits(self) -> bool:
+        """Widen the axes when the data leaves them; True when they changed (full redraw).
+
+        Limits grow in big jumps so that nearly every update only blits the lines: a full
+        matplotlib draw costs tens of milliseconds on the GUI thread.
+        """
+        changed = False
+        steps = max((xs[-1] for xs, _ in self._loss.values() if xs), default=0)
+        if steps > self.ax_loss.get_xlim()[1]:
+            per_epoch = self._latest.steps_per_epoch if self._latest is not None else 0
+            self.ax_loss.set_xlim(0, max(10, int(2.5 * steps), 5 * per_epoch))
+            changed = True
+        epochs = max((xs[-1] for xs, _ in self._dice.values() if xs), default=0)
+        if epochs > self.ax_dice.get_xlim()[1]:
+            self.ax_dice.set_xlim(0, max(5, int(2.5 * epochs)))
+            changed = True
+        values = [y for _, ys in self._loss.values() for y in ys[-2000:]]
+        if values:
+            lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+            cur_lo, cur_hi = self.ax_loss.get_ylim()
+            if self._loss_range is None or lo < cur_lo or hi > cur_hi:
+                if -1.0 <= lo and hi <= 0.0:  # Dice loss (-Dice): its whole range
+                    self.ax_loss.set_ylim(-1.02, 0.02)
+                else:  # losses fall: leave room below
+                    span = max(hi - lo, 1e-3)
+                    self.ax_loss.set_ylim(min(lo - span, cur_lo), max(hi + 0.3 * span, cur_hi)
+                                          if self._loss_range else hi + 0.3 * span)
+                changed = True
+            self._loss_range = (lo, hi)
+        return changed
+
+    def _add_lines(self, member: int) -> None:
+        color = f"C{member % 10}"
+        (self._loss_lines[member],) = self.ax_loss.plot(
+            [], [], lw=0.8, color=color, label=f"member {member + 1}", animated=True
+        )
+        (self._dice_lines[member],) = self.ax_dice.plot(
+            [], [], "o-", ms=3, lw=1, color=color, animated=True
+        )
+
     def _redraw(self, force: bool = False) -> None:
         if not (self._dirty or force):
             return
         self._dirty = False
-        colors = [f"C{i % 10}" for i in range(max([0, *self._loss, *self._dice]) + 1)]
-        for member, (xs, ys) in self._loss.items():
-            line = self._loss_lines.get(member)
-            if line is None:
-                (line,) = self.ax_loss.plot([], [], lw=0.8, color=colors[member],
-                                            label=f"member {member + 1}")
-                self._loss_lines[member] = line
-            line.set_data(xs, ys)
-        for member, (xs, ys) in self._dice.items():
-            line = self._dice_lines.get(member)
-            if line is None:
-                (line,) = self.ax_dice.plot([], [], "o-", ms=3, lw=1, color=colors[member])
-                self._dice_lines[member] = line
-            line.set_data(xs, ys)
-        for ax in (self.ax_loss, self.ax_dice):
-            ax.relim()
-            ax.autoscale_view()
-        if self._dice:
-            self.ax_dice.set_ylim(0.0, 1.02)
-        if len(self._loss_lines) > 1 and self.ax_loss.get_legend() is None:
+        new_line = False
+        for member in sorted({*self._loss, *self._dice}):
+            if member not in self._loss_lines:
+                self._add_lines(member)
+                new_line = True
+            if member in self._loss:
+                self._loss_lines[member].set_data(*self._loss[member])
+            if member in self._dice:
+                self._dice_lines[member].set_data(*self._dice[member])
+        if new_line and len(self._loss_lines) > 1:
             self.ax_loss.legend(fontsize=7)
-        self.canvas.draw_idle()
+        full = self._grow_limits() or new_line or force or self._background is None
+        if full or not self.canvas.isVisible():
+            self.canvas.draw()  # calls _on_canvas_draw
+            return
+        self.canvas.restore_region(self._background)
+        for line in self._all_lines():
+            self.figure.draw_artist(line)
+        self.canvas.blit(self.figure.bbox)

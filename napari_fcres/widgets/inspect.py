@@ -1,0 +1,405 @@
+"""Inspect widget: what did the learned pre-processor do to the image?
+
+Shows the pre-processor's output beside the raw image (napari grid mode: both share camera
+and slice) and, as Fig. 6 of Drozdzal et al., the intensity histograms of background and
+foreground pixels at the input and after the pre-processor, with fitted normal curves.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QRadioButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import FcresError, InputError, StoppedError
+from ._common import (
+    CheckpointCombo,
+    LayerCombo,
+    WorkerFailed,
+    current_slice,
+    device_choices,
+    layer_data,
+    make_canvas,
+    notify_error,
+    start_worker,
+    style_axes,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+log = logging.getLogger(__name__)
+
+#: At most this many pixels per class enter the histograms and fits.
+MAX_SAMPLES = 200_000
+BACKGROUND_COLOR = "#e8743b"
+FOREGROUND_COLOR = "#3ba7e8"
+
+
+@dataclass
+class ClassSamples:
+    """Pixel values of one class at the input and after the pre-processor."""
+
+    raw: np.ndarray
+    normalized: np.ndarray
+
+
+@dataclass
+class InspectResult:
+    """What the worker computed for the chosen slices."""
+
+    slices: list[int]
+    normalized: np.ndarray  # (k, H, W) float32 pre-processor output
+    probabilities: np.ndarray  # (k, H, W) float32
+    background: ClassSamples
+    foreground: ClassSamples
+    source: str  # where the classes came from: "labels" or "prediction"
+    note: str = ""
+    fits: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+
+
+def normal_fit(values: np.ndarray) -> tuple[float, float]:
+    """Maximum-likelihood normal fit ``(mean, std)`` (scipy.stats.norm.fit)."""
+    from scipy.stats import norm
+
+    if values.size < 2:
+        return (float(values.mean()) if values.size else 0.0, 0.0)
+    mu, sigma = norm.fit(values.astype(np.float64))
+    return float(mu), float(sigma)
+
+
+def _sample(values: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    picked = values[mask]
+    if picked.size > MAX_SAMPLES:
+        picked = rng.choice(picked, MAX_SAMPLES, replace=False)
+    return picked.astype(np.float32, copy=False)
+
+
+def _class_masks(
+    labels: np.ndarray | None, probabilities: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """Foreground and background masks from the labels, else from the prediction at 0.5."""
+    from ..io import as_binary_labels
+    from .train import detect_partial
+
+    if labels is not None:
+        try:
+            target, valid = as_binary_labels(labels, partial=detect_partial(labels))
+            fg, bg = valid & (target > 0.5), valid & (target <= 0.5)
+            if fg.any() and bg.any():
+                return fg, bg, "labels", ""
+            note = "the labels hold only one class here"
+        except FcresError as exc:
+            note = str(exc)
+        log.info("histogram classes from the prediction: %s", note)
+        note = f"labels unusable on these slices ({note}); classes from the prediction"
+    else:
+        note = ""
+    fg = probabilities > 0.5
+    return fg, ~fg, "prediction", note
+
+
+def _inspect_job(
+    checkpoint: str,
+    stack: np.ndarray,
+    slices: list[int],
+    labels: np.ndarray | None,
+    device: str,
+    stop: threading.Event,
+) -> Generator[tuple[int, int], None, InspectResult]:
+    """Worker body: run the model on each slice; yields ``(done, total)``."""
+    from ..checkpoint import load_model
+    from ..inference import predict
+
+    model, ckpt = load_model(checkpoint, device=device)
+    arch = ckpt.get("architecture", "")
+    h, w = stack.shape[-2:]
+    normalized = np.zeros((len(slices), h, w), dtype=np.float32)
+    probs = np.zeros((len(slices), h, w), dtype=np.float32)
+    for k, z in enumerate(slices):
+        out = predict(model, stack[z], device=device, return_normalized=True,
+                      should_stop=stop.is_set)
+        if out.normalized is None:
+            raise InputError(
+                f"the {arch or 'chosen'} model of {checkpoint} has no pre-processor output to "
+                "inspect; choose a 'pipeline' (or FC-ResNet baseline) checkpoint"
+            )
+        normalized[k] = out.normalized
+        probs[k] = out.probabilities
+        yield k + 1, len(slices)
+    raw = np.asarray(stack[slices], dtype=np.float32)
+    lab = None if labels is None else np.asarray(labels[slices])
+    fg, bg, source, note = _class_masks(lab, probs)
+    rng = np.random.default_rng(0)
+    background = ClassSamples(_sample(raw, bg, rng), _sample(normalized, bg, rng))
+    foreground = ClassSamples(_sample(raw, fg, rng), _sample(normalized, fg, rng))
+    fits = {
+        name: {"raw": normal_fit(c.raw), "normalized": normal_fit(c.normalized)}
+        for name, c in (("background", background), ("foreground", foreground))
+    }
+    return InspectResult(slices, normalized, probs, background, foreground, source, note, fits)
+
+
+def grid_of(viewer: Any) -> Any:
+    """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9, else ``.grid``)."""
+    canvas = getattr(viewer, "canvas", None)
+    grid = getattr(canvas, "grid", None)
+    return grid if grid is not None else viewer.grid
+
+
+class InspectWidget(QWidget):
+    """Pre-processor output beside the raw image, and the paper's Fig. 6 histograms."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.last_result: InspectResult | None = None
+        self._worker: Any = None
+        self._stop_event = threading.Event()
+        self.destroyed.connect(self._stop_event.set)
+        self._build()
+        self._update_enabled()
+
+    def _build(self) -> None:
+        from napari.layers import Image, Labels
+
+        root = QVBoxLayout(self)
+        form = QFormLayout()
+        self.image_combo = LayerCombo(self.viewer, Image)
+        self.image_combo.setToolTip("Raw image layer to feed to the model")
+        form.addRow("Image", self.image_combo)
+        self.checkpoint_combo = CheckpointCombo(
+            tooltip="Trained checkpoint (best.pt); defaults to the last one trained in this "
+            "session"
+        )
+        self.checkpoint_combo.changed.connect(self._update_enabled)
+        form.addRow("Checkpoint", self.checkpoint_combo)
+        self.labels_combo = LayerCombo(self.viewer, Labels, allow_none=True,
+                                       none_text="(none: use the prediction)")
+        self.labels_combo.setToolTip(
+            "Labels that say which pixels are foreground and background for the histograms; "
+            "without labels the model's probability is thresholded at 0.5"
+        )
+        form.addRow("Labels", self.labels_combo)
+        self.slice_radio = QRadioButton("current slice")
+        self.slice_radio.setToolTip("Only the slice shown in the viewer (fast)")
+        self.stack_radio = QRadioButton("whole stack")
+        self.stack_radio.setToolTip("Every slice of the stack (progress in the activity dock)")
+        self.slice_radio.setChecked(True)
+        self._scope = QButtonGroup(self)
+        self._scope.addButton(self.slice_radio)
+        self._scope.addButton(self.stack_radio)
+        row = QHBoxLayout()
+        row.addWidget(self.slice_radio)
+        row.addWidget(self.stack_radio)
+        form.addRow("Scope", row)
+        self.device_combo = QComboBox()
+        for label, key in device_choices():
+            self.device_combo.addItem(label, key)
+        self.device_combo.setToolTip("Compute device for the model")
+        form.addRow("Device", self.device_combo)
+        root.addLayout(form)
+
+        row = QHBoxLayout()
+        self.show_button = QPushButton("Show")
+        self.show_button.setToolTip(
+            "Compute the pre-processor's output, show it beside the image (grid mode) and plot "
+            "the intensity histograms"
+        )
+        self.show_button.clicked.connect(self._on_show)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop a whole-stack computation")
+        self.stop_button.clicked.connect(self.stop)
+        row.addWidget(self.show_button)
+        row.addWidget(self.stop_button)
+        root.addLayout(row)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        self.status_label.setToolTip("State of the last computation")
+        root.addWidget(self.status_label)
+
+        self.canvas, self.figure, axes = make_canvas((4.0, 4.0), nrows=2, viewer=self.viewer)
+        self.ax_raw, self.ax_norm = axes
+        self.canvas.setToolTip(
+            "Intensity histograms of background and foreground pixels at the input (top) and "
+            "after the learned pre-processor (bottom); dashed: fitted normal distributions"
+        )
+        self._setup_axes()
+        root.addWidget(self.canvas, 1)
+
+    def _setup_axes(self) -> None:
+        for ax, title in ((self.ax_raw, "input"), (self.ax_norm, "pre-processor output")):
+            ax.cla()
+            ax.set_title(title, fontsize=9)
+            ax.set_ylabel("density", fontsize=8)
+            ax.tick_params(labelsize=7)
+        self.ax_norm.set_xlabel("intensity", fontsize=8)
+        style_axes(self.figure, [self.ax_raw, self.ax_norm], self.viewer)
+
+    # ------------------------------------------------------------------ state
+    def is_running(self) -> bool:
+        return self._worker is not None
+
+    def _update_enabled(self, *_: Any) -> None:
+        running = self.is_running()
+        self.show_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        for w in (self.image_combo, self.checkpoint_combo, self.labels_combo,
+                  self.slice_radio, self.stack_radio, self.device_combo):
+            w.setEnabled(not running)
+
+    def stop(self) -> None:
+        """Stop a running computation at the next tile batch."""
+        self._stop_event.set()
+
+    # ------------------------------------------------------------------ compute
+    def _on_show(self) -> None:
+        try:
+            self.show_normalization(whole_stack=self.stack_radio.isChecked())
+        except FcresError as exc:
+            notify_error(exc, "Cannot inspect")
+
+    def show_normalization(self, whole_stack: bool = False) -> None:
+        """Start computing the pre-processor output (current slice or whole stack)."""
+        if self.is_running():
+            raise FcresError("a computation is already running")
+        layer = self.image_combo.layer()
+        if layer is None:
+            raise InputError("choose an image layer")
+        if getattr(layer, "rgb", False):
+            raise InputError("RGB images are not supported; convert the layer to grey values")
+        checkpoint = self.checkpoint_combo.path()
+        if not checkpoint:
+            raise InputError("choose a checkpoint (train one first or browse for a best.pt)")
+        image = layer_data(layer)
+        if image.ndim not in (2, 3):
+            raise InputError(f"the image must be 2-D or 3-D, got shape {image.shape}")
+        stack = image[None] if image.ndim == 2 else image
+        labels_layer = self.labels_combo.layer()
+        labels = None
+        if labels_layer is not None:
+            labels = layer_data(labels_layer)
+            if labels.shape != image.shape:
+                raise InputError(
+                    f"labels {labels_layer.name!r} have shape {labels.shape}, the image "
+                    f"{image.shape}; choose matching labels or none"
+                )
+            labels = labels[None] if labels.ndim == 2 else labels
+        if whole_stack:
+            slices = list(range(stack.shape[0]))
+        else:
+            slices = [current_slice(self.viewer, layer)] if image.ndim == 3 else [0]
+        self._stop_event.clear()
+        self._image_layer = layer
+        what = "the whole stack" if whole_stack and len(slices) > 1 else f"slice {slices[0]}"
+        self.status_label.setText(f"Computing the pre-processor output of {what} ...")
+        self._worker = start_worker(
+            _inspect_job, checkpoint, stack, slices, labels,
+            str(self.device_combo.currentData() or "cpu"), self._stop_event,
+            on_done=self._on_done, on_error=self._on_error, on_finished=self._on_finished,
+            progress={"total": len(slices), "desc": "Inspecting the pre-processor"},
+        )
+        self._update_enabled()
+
+    def _on_error(self, exc: WorkerFailed) -> None:
+        if isinstance(exc.original, StoppedError):
+            self.status_label.setText("Stopped")
+            return
+        self.status_label.setText(f"Failed: {exc.message}")
+        notify_error(exc, "Inspect failed")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._update_enabled()
+
+    def _on_done(self, result: InspectResult) -> None:
+        self.last_result = result
+        layer = self._image_layer
+        self._show_layer(layer, result)
+        self.plot(result)
+        where = f"slice {result.slices[0]}" if len(result.slices) == 1 else \
+            f"{len(result.slices)} slices"
+        text = f"Pre-processor output of {where}; histogram classes from the {result.source}"
+        if result.note:
+            text += f" ({result.note})"
+        self.status_label.setText(text)
+
+    def normalized_layer_name(self, layer: Any) -> str:
+        return f"normalized ({layer.name})"
+
+    def _show_layer(self, image_layer: Any, result: InspectResult) -> None:
+        """Write the output into the "normalized (<name>)" layer and switch to grid mode."""
+        name = self.normalized_layer_name(image_layer)
+        shape = layer_data(image_layer).shape
+        target = None
+        if name in self.viewer.layers:
+            target = self.viewer.layers[name]
+            if np.shape(target.data) != shape:
+                self.viewer.layers.remove(name)
+                target = None
+        data = np.zeros(shape, dtype=np.float32) if target is None else np.asarray(target.data)
+        if len(shape) == 2:
+            data[...] = result.normalized[0]
+        else:
+            data[result.slices] = result.normalized
+        filled = result.normalized
+        lo, hi = np.percentile(filled, (0.5, 99.5)) if filled.size else (0.0, 1.0)
+        if not hi > lo:
+            hi = lo + 1.0
+        if target is None:
+            self.viewer.add_image(
+                data, name=name, colormap="gray", contrast_limits=(float(lo), float(hi)),
+                scale=image_layer.scale, translate=image_layer.translate,
+                metadata={"source_layer": image_layer.name},
+            )
+        else:
+            target.contrast_limits_range = (
+                min(float(lo), target.contrast_limits_range[0]),
+                max(float(hi), target.contrast_limits_range[1]),
+            )
+            target.contrast_limits = (float(lo), float(hi))
+            target.refresh()
+        grid_of(self.viewer).enabled = True
+
+    # ------------------------------------------------------------------ plot
+    def plot(self, result: InspectResult) -> None:
+        """Fig. 6: histograms of background / foreground pixels with fitted normal curves."""
+        from scipy.stats import norm
+
+        self._setup_axes()
+        for ax, key in ((self.ax_raw, "raw"), (self.ax_norm, "normalized")):
+            bg = getattr(result.background, key)
+            fg = getattr(result.foreground, key)
+            both = np.concatenate([bg, fg]) if bg.size + fg.size else np.zeros(1)
+            lo, hi = np.percentile(both, (0.1, 99.9))
+            if not hi > lo:
+                lo, hi = lo - 0.5, hi + 0.5
+            bins = np.linspace(lo, hi, 80)
+            xs = np.linspace(lo, hi, 400)
+            for name, values, color in (
+                ("background", bg, BACKGROUND_COLOR), ("foreground", fg, FOREGROUND_COLOR)
+            ):
+                if values.size == 0:
+                    continue
+                mu, sigma = result.fits[name][key]
+                ax.hist(values, bins=bins, density=True, color=color, alpha=0.45,
+                        label=f"{name}: μ={mu:.3g}, σ={sigma:.3g}")
+                if sigma > 0:
+                    ax.plot(xs, norm.pdf(xs, mu, sigma), "--", color=color, lw=1.3)
+            ax.legend(fontsize=7, framealpha=0.6)
+        self.canvas.draw_idle()

@@ -1,0 +1,654 @@
+"""Predict dock widget: run one checkpoint or an ensemble on the image layer in the viewer.
+
+Adds (or updates) ``<image> probability``, ``<image> normalized`` (the learned
+pre-processor's output), ``<image> labels`` and, for ensembles, ``<image> disagreement``
+(per-pixel spread of the members: where to correct first).  The labels layer remembers the
+checkpoints and the labels as predicted (``layer.metadata["fcres"]``) so the Export widget can
+tell which slices were corrected and fine-tune the model that made them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import FcresError, InputError, StoppedError
+from ._common import (
+    LayerCombo,
+    WorkerFailed,
+    checkpoint_registry,
+    current_slice,
+    device_choices,
+    layer_data,
+    notify_error,
+    notify_info,
+    recent_checkpoints,
+    start_worker,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..inference import PredictionResult
+
+log = logging.getLogger(__name__)
+
+#: ``layer.metadata`` key under which prediction provenance is kept.
+METADATA_KEY = "fcres"
+#: Threshold turning probabilities into labels (change it live in the Correct widget).
+THRESHOLD = 0.5
+#: Resolution of the activity-dock progress bar.
+PROGRESS_TOTAL = 1000
+
+MODE_HELP = {
+    "instances": "connected components of the foreground as separate labels (per slice), "
+                 "e.g. EM cell interiors",
+    "binary": "one label (1) for all foreground, 0 for background",
+    "largest": "only the largest 3-D connected component (e.g. one organ in CT/MRI)",
+}
+
+
+def layer_names(image_name: str) -> dict[str, str]:
+    """Names of the layers a prediction of ``image_name`` creates."""
+    return {
+        "probability": f"{image_name} probability",
+        "normalized": f"{image_name} normalized",
+        "disagreement": f"{image_name} disagreement",
+        "labels": f"{image_name} labels",
+    }
+
+
+@dataclass
+class _Job:
+    """What the worker returns to the GUI thread."""
+
+    result: PredictionResult
+    labels: np.ndarray  # full shape (stack) or the predicted slice (slice mode)
+    slice_index: int | None
+    checkpoints: list[str]
+    mode: str
+
+
+class _ProgressRelay(QObject):
+    """Carries progress from the worker thread to the GUI thread (queued signal)."""
+
+    progressed = Signal(int, int)
+
+
+def _predict_job(
+    paths: list[str],
+    image: np.ndarray,
+    *,
+    device: str,
+    tile_size: int,
+    tta: bool,
+    mode: str,
+    slice_index: int | None,
+    stop: threading.Event,
+    relay: _ProgressRelay,
+) -> _Job:
+    """Worker body: load the checkpoints, predict, threshold.  Touches no layer."""
+    from ..checkpoint import load_model
+    from ..inference import predict
+    from ..postprocess import labels_from_probabilities
+
+    models = []
+    for path in paths:
+        if stop.is_set():
+            raise StoppedError("prediction stopped")
+        model, _ = load_model(path, device=device)
+        models.append(model)
+    slices = None if slice_index is None else [slice_index]
+    result = predict(
+        models, image, tile_size=tile_size, overlap=min(64, tile_size // 4), tta=tta,
+        device=device, return_normalized=True, return_spread=len(models) > 1, slices=slices,
+        progress=relay.progressed.emit, should_stop=stop.is_set,
+    )
+    prob = result.probabilities if slice_index is None else result.probabilities[slice_index]
+    labels = labels_from_probabilities(prob, THRESHOLD, mode).astype(np.int32, copy=False)
+    return _Job(result, labels, slice_index, list(paths), mode)
+
+
+class _Progress:
+    """A cancelable napari progress bar (activity dock) whose Cancel stops the run."""
+
+    def __init__(self, desc: str, on_cancel: Any) -> None:
+        from napari.utils import cancelable_progress
+
+        outer = self
+
+        class _Bar(cancelable_progress):
+            def cancel(self) -> None:
+                super().cancel()
+                outer._on_cancel()
+
+        self._on_cancel = on_cancel
+        self.bar = _Bar(total=PROGRESS_TOTAL, desc=desc)
+
+    def set(self, done: int, total: int) -> None:
+        target = int(PROGRESS_TOTAL * min(max(done / max(total, 1), 0.0), 1.0))
+        if target > self.bar.n:
+            self.bar.update(target - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class CheckpointList(QWidget):
+    """Checkable list of checkpoints with Add file / Add folder / Remove.
+
+    The ticked checkpoints form the ensemble.  Checkpoints trained in this session are added
+    automatically; the newest run's members are ticked and the others unticked.
+    """
+
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.list = QListWidget()
+        self.list.setSelectionMode(QAbstractItemView.ExtendedSelection)
+        self.list.setToolTip(
+            "Checkpoints to predict with; ticked ones form the ensemble (their probabilities "
+            "are averaged and their spread is shown as the disagreement layer)"
+        )
+        self.list.setMinimumHeight(60)
+        self.list.setMaximumHeight(110)
+        self.list.itemChanged.connect(lambda *_: self.changed.emit())
+        self.add_file_button = QPushButton("Add file...")
+        self.add_file_button.setToolTip("Add checkpoint files (best.pt / last.pt)")
+        self.add_file_button.clicked.connect(self._add_files_dialog)
+        self.add_folder_button = QPushButton("Add folder...")
+        self.add_folder_button.setToolTip(
+            "Add every best.pt below a folder (e.g. a run folder holding an ensemble)"
+        )
+        self.add_folder_button.clicked.connect(self._add_folder_dialog)
+        self.remove_button = QPushButton("Remove")
+        self.remove_button.setToolTip("Remove the selected checkpoints from the list")
+        self.remove_button.clicked.connect(self.remove_selected)
+        buttons = QHBoxLayout()
+        for b in (self.add_file_button, self.add_folder_button, self.remove_button):
+            buttons.addWidget(b)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.list)
+        lay.addLayout(buttons)
+
+        registry = checkpoint_registry()
+        registry.changed.connect(self._on_registry_changed)
+        self.add_recent(recent_checkpoints())
+
+    # ------------------------------------------------------------------ content
+    def paths(self) -> list[Path]:
+        """Every listed checkpoint."""
+        return [Path(self.list.item(i).data(Qt.UserRole)) for i in range(self.list.count())]
+
+    def checked(self) -> list[Path]:
+        """The ticked checkpoints (the ensemble)."""
+        out = []
+        for i in range(self.list.count()):
+            item = self.list.item(i)
+            if item.checkState() == Qt.Checked:
+                out.append(Path(item.data(Qt.UserRole)))
+        return out
+
+    def add(self, paths: Sequence[str | Path], *, checked: bool = True, top: bool = False) -> None:
+        """Add checkpoints (already listed ones only get ticked / unticked)."""
+        known = {str(p): i for i, p in enumerate(self.paths())}
+        self.list.blockSignals(True)
+        try:
+            for k, p in enumerate(paths):
+                p = Path(p).expanduser()
+                state = Qt.Checked if checked else Qt.Unchecked
+                if str(p) in known:
+                    self.list.item(known[str(p)]).setCheckState(state)
+                    continue
+                item = QListWidgetItem(_short_name(p))
+                item.setData(Qt.UserRole, str(p))
+                item.setToolTip(str(p))
+                item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+                item.setCheckState(state)
+                if top:
+                    self.list.insertItem(k, item)
+                else:
+                    self.list.addItem(item)
+        finally:
+            self.list.blockSignals(False)
+        self.changed.emit()
+
+    def set_checkpoints(self, paths: Sequence[str | Path]) -> None:
+        """Replace the list by ``paths``, all ticked."""
+        self.list.clear()
+        self.add(paths)
+
+    def add_recent(self, paths: Sequence[Path]) -> None:
+        """Add session checkpoints; only the newest run (first path's run folder) is ticked."""
+        if not paths:
+            return
+        newest_run = _run_dir(Path(paths[0]))
+        fresh = [p for p in paths if _run_dir(Path(p)) == newest_run]
+        old = [p for p in paths if _run_dir(Path(p)) != newest_run]
+        if fresh and self.list.count():
+            self.list.blockSignals(True)
+            for i in range(self.list.count()):
+                self.list.item(i).setCheckState(Qt.Unchecked)
+            self.list.blockSignals(False)
+        self.add(old, checked=False)
+        self.add(fresh, checked=True, top=True)
+
+    def remove_selected(self) -> None:
+        for item in self.list.selectedItems():
+            self.list.takeItem(self.list.row(item))
+        self.changed.emit()
+
+    # ------------------------------------------------------------------ slots
+    def _on_registry_changed(self, paths: list) -> None:
+        new = [Path(p) for p in paths if str(p) not in {str(q) for q in self.paths()}]
+        if new:
+            self.add_recent([Path(p) for p in paths if Path(p).exists()])
+
+    def _add_files_dialog(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(
+            self, "Add checkpoints", "", "Checkpoints (*.pt);;All files (*)"
+        )
+        if files:
+            self.add(files)
+
+    def _add_folder_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Add every best.pt below a folder")
+        if folder:
+            self.add_folder(folder)
+
+    def add_folder(self, folder: str | Path) -> list[Path]:
+        """Add every ``best.pt`` below ``folder``; notify when there is none."""
+        from ..checkpoint import find_checkpoints
+
+        try:
+            found = find_checkpoints([folder])
+        except FcresError as exc:
+            notify_error(exc)
+            return []
+        self.add(found)
+        return found
+
+
+def _run_dir(path: Path) -> Path:
+    """The run folder of ``<run>/member_KK/best.pt`` (else the file's folder)."""
+    parent = path.parent
+    return parent.parent if parent.name.startswith("member_") else parent
+
+
+def _short_name(path: Path) -> str:
+    parts = path.parts[-3:]
+    return str(Path(*parts)) if len(path.parts) > 3 else str(path)
+
+
+class PredictWidget(QWidget):
+    """Predict foreground probabilities and labels of an image layer.
+
+    Public API: :meth:`predict_stack`, :meth:`predict_current_slice`, :meth:`stop`,
+    :meth:`is_running`; ``checkpoint_list`` (a :class:`CheckpointList`); signals
+    ``finished(dict)`` (``{"layers": {kind: name}, "slice": int | None, "checkpoints":
+    [...]}``), ``failed(WorkerFailed)`` and ``stopped()``.
+    """
+
+    finished = Signal(object)
+    failed = Signal(object)
+    stopped = Signal()
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self._worker: Any = None
+        self._stop_event = threading.Event()
+        self._progress: _Progress | None = None
+        self._relay: _ProgressRelay | None = None
+        self._target: tuple[Any, int | None] | None = None
+        self._build()
+        self.destroyed.connect(self._stop_event.set)
+        self._update_enabled()
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        from napari.layers import Image
+
+        root = QVBoxLayout(self)
+
+        data_box = QGroupBox("Image and models")
+        form = QFormLayout(data_box)
+        self.image_combo = LayerCombo(self.viewer, Image)
+        self.image_combo.setToolTip(
+            "Image layer to segment (2-D image or 3-D stack, predicted slice by slice)"
+        )
+        form.addRow("Image", self.image_combo)
+        self.checkpoint_list = CheckpointList()
+        self.checkpoint_list.changed.connect(self._update_enabled)
+        form.addRow("Checkpoints", self.checkpoint_list)
+        root.addWidget(data_box)
+
+        settings_box = QGroupBox("Settings")
+        form = QFormLayout(settings_box)
+        self.device_combo = QComboBox()
+        for label, key in device_choices():
+            self.device_combo.addItem(label, key)
+        self.device_combo.setToolTip("Compute device (a GPU is much faster than the CPU)")
+        form.addRow("Device", self.device_combo)
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(128, 4096)
+        self.tile_spin.setSingleStep(64)
+        self.tile_spin.setValue(512)
+        self.tile_spin.setSuffix(" px")
+        self.tile_spin.setToolTip(
+            "Slices are predicted in overlapping tiles of this size, blended without seams; "
+            "lower it if the device runs out of memory"
+        )
+        form.addRow("Tile size", self.tile_spin)
+        self.tta_check = QCheckBox("Test-time augmentation")
+        self.tta_check.setToolTip(
+            "Average the 8 flips/rotations of every tile: smoother, slightly better "
+            "probabilities at 8 times the cost"
+        )
+        form.addRow(self.tta_check)
+        self.mode_combo = QComboBox()
+        for i, mode in enumerate(MODE_HELP):
+            self.mode_combo.addItem(mode)
+            self.mode_combo.setItemData(i, MODE_HELP[mode], Qt.ToolTipRole)
+        self.mode_combo.setCurrentText("instances")
+        self.mode_combo.setToolTip(
+            f"How the probability map (thresholded at {THRESHOLD}) becomes labels: "
+            + "; ".join(f"{k}: {v}" for k, v in MODE_HELP.items())
+        )
+        form.addRow("Labels", self.mode_combo)
+        root.addWidget(settings_box)
+
+        self.slice_button = QPushButton("Predict current slice")
+        self.slice_button.setToolTip(
+            "Quick preview: predict only the slice shown in the viewer (undo with Ctrl+Z on "
+            "the labels layer)"
+        )
+        self.slice_button.clicked.connect(self._on_slice_clicked)
+        self.stack_button = QPushButton("Predict stack")
+        self.stack_button.setToolTip(
+            "Predict every slice (progress in the activity dock, bottom right)"
+        )
+        self.stack_button.clicked.connect(self._on_stack_clicked)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop the running prediction (its result is discarded)")
+        self.stop_button.clicked.connect(self.stop)
+        row = QHBoxLayout()
+        row.addWidget(self.slice_button)
+        row.addWidget(self.stack_button)
+        row.addWidget(self.stop_button)
+        root.addLayout(row)
+
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        self.status_label.setToolTip("What the last prediction did")
+        root.addWidget(self.status_label)
+        root.addStretch(1)
+        self.image_combo.layer_changed.connect(self._update_enabled)
+
+    # ------------------------------------------------------------------ state
+    def is_running(self) -> bool:
+        """True while a prediction runs."""
+        return self._worker is not None
+
+    def _update_enabled(self, *_: Any) -> None:
+        running = self.is_running()
+        ready = not running and self.image_combo.layer() is not None and bool(
+            self.checkpoint_list.checked()
+        )
+        self.slice_button.setEnabled(ready)
+        self.stack_button.setEnabled(ready)
+        self.stop_button.setEnabled(running and not self._stop_event.is_set())
+        for w in (self.image_combo, self.checkpoint_list, self.device_combo, self.tile_spin,
+                  self.tta_check, self.mode_combo):
+            w.setEnabled(not running)
+
+    # ------------------------------------------------------------------ actions
+    def _on_slice_clicked(self) -> None:
+        try:
+            self.predict_current_slice()
+        except FcresError as exc:
+            notify_error(exc, "Cannot predict")
+
+    def _on_stack_clicked(self) -> None:
+        try:
+            self.predict_stack()
+        except FcresError as exc:
+            notify_error(exc, "Cannot predict")
+
+    def predict_current_slice(self) -> None:
+        """Predict the slice the viewer shows (the whole image for 2-D layers)."""
+        layer = self._image_layer()
+        index = current_slice(self.viewer, layer) if layer.ndim == 3 else None
+        self._start(layer, index)
+
+    def predict_stack(self) -> None:
+        """Predict every slice of the chosen image layer."""
+        self._start(self._image_layer(), None)
+
+    def stop(self) -> None:
+        """Stop the running prediction at its next batch of tiles."""
+        if not self.is_running() or self._stop_event.is_set():
+            return
+        self._stop_event.set()
+        self.status_label.setText("Stopping ...")
+        self._update_enabled()
+
+    def _image_layer(self) -> Any:
+        layer = self.image_combo.layer()
+        if layer is None:
+            raise InputError("choose an image layer to predict")
+        return layer
+
+    def _start(self, layer: Any, slice_index: int | None) -> None:
+        if self.is_running():
+            raise FcresError("a prediction is already running; stop it first")
+        paths = [str(p) for p in self.checkpoint_list.checked()]
+        if not paths:
+            raise InputError("add and tick at least one checkpoint (Add file... / Add folder...)")
+        missing = [p for p in paths if not Path(p).exists()]
+        if missing:
+            raise InputError(f"checkpoint not found: {missing[0]}")
+        if getattr(layer, "rgb", False):
+            raise InputError("RGB images are not supported; convert the layer to grey values")
+        image = layer_data(layer)
+        if image.ndim not in (2, 3):
+            raise InputError(f"expected a 2-D image or 3-D stack, got shape {image.shape}")
+        self._stop_event.clear()
+        self._target = (layer, slice_index)
+        n = len(paths)
+        what = "stack" if slice_index is None else f"slice {slice_index}"
+        if image.ndim == 2:
+            what = "image"
+        desc = f"Predicting {what} with {n} model{'s' if n > 1 else ''}"
+        self.status_label.setText(desc + " ...")
+        log.info("%s: %s", desc, ", ".join(paths))
+        self._progress = _Progress(desc, self.stop)
+        self._relay = _ProgressRelay()
+        self._relay.progressed.connect(self._on_progress)
+        self._worker = start_worker(
+            _predict_job, paths, image,
+            device=str(self.device_combo.currentData() or "cpu"),
+            tile_size=self.tile_spin.value(), tta=self.tta_check.isChecked(),
+            mode=self.mode_combo.currentText(), slice_index=slice_index,
+            stop=self._stop_event, relay=self._relay,
+            on_done=self._on_done, on_error=self._on_error, on_finished=self._on_finished,
+        )
+        self._update_enabled()
+
+    # ------------------------------------------------------------------ worker callbacks
+    def _on_progress(self, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress.set(done, total)
+
+    def _on_error(self, exc: WorkerFailed) -> None:
+        if isinstance(exc.original, StoppedError):
+            self.status_label.setText("Prediction stopped; nothing was changed")
+            notify_info("Prediction stopped")
+            self.stopped.emit()
+            return
+        self.status_label.setText(f"Prediction failed: {exc.message}")
+        notify_error(exc, "Prediction failed")
+        self.failed.emit(exc)
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self._relay = None
+        self._update_enabled()
+
+    def _on_done(self, job: _Job) -> None:
+        target = self._target
+        layer = target[0] if target else None
+        if layer is None or layer not in self.viewer.layers:
+            self.status_label.setText("The image layer was removed; the prediction is dropped")
+            return
+        try:
+            names = self._show(layer, job)
+        except FcresError as exc:
+            notify_error(exc, "Cannot show the prediction")
+            return
+        where = "the stack" if job.slice_index is None else f"slice {job.slice_index}"
+        if layer.ndim == 2:
+            where = "the image"
+        n = len(job.checkpoints)
+        msg = f"Predicted {where} with {n} model{'s' if n > 1 else ''}"
+        if job.result.spread is not None:
+            msg += "; bright pixels in the disagreement layer are where to correct first"
+        self.status_label.setText(msg)
+        log.info(msg)
+        self.finished.emit(
+            {"layers": names, "slice": job.slice_index, "checkpoints": job.checkpoints}
+        )
+
+    # ------------------------------------------------------------------ layers
+    def _show(self, image_layer: Any, job: _Job) -> dict[str, str]:
+        """Add or update the result layers; return ``{kind: layer name}``."""
+        names = layer_names(image_layer.name)
+        z = job.slice_index
+        res = job.result
+        geo = {
+            "scale": np.asarray(image_layer.scale),
+            "translate": np.asarray(image_layer.translate),
+        }
+        shown: dict[str, str] = {}
+        if res.normalized is not None:
+            norm_slice = res.normalized if z is None else res.normalized[z]
+            lo, hi = _robust_range(norm_slice)
+            self._put_image(names["normalized"], res.normalized, z, geo, colormap="gray",
+                            contrast_limits=(lo, hi), visible=False)
+            shown["normalized"] = names["normalized"]
+        self._put_image(names["probability"], res.probabilities, z, geo, colormap="magma",
+                        contrast_limits=(0.0, 1.0), opacity=0.6)
+        shown["probability"] = names["probability"]
+        if res.spread is not None:
+            self._put_image(names["disagreement"], res.spread, z, geo, colormap="inferno",
+                            contrast_limits=(0.0, 0.25), blending="additive")
+            shown["disagreement"] = names["disagreement"]
+        self._put_labels(names["labels"], job, image_layer, geo)
+        shown["labels"] = names["labels"]
+        return shown
+
+    def _find(self, name: str, kind: type, shape: tuple[int, ...]) -> Any | None:
+        """The layer called ``name`` if it has the right type and shape, else None (removed)."""
+        if name not in self.viewer.layers:
+            return None
+        layer = self.viewer.layers[name]
+        if isinstance(layer, kind) and tuple(layer.data.shape) == tuple(shape) and not getattr(
+            layer, "multiscale", False
+        ):
+            return layer
+        self.viewer.layers.remove(layer)
+        return None
+
+    def _put_image(
+        self, name: str, data: np.ndarray, z: int | None, geo: dict[str, Any], **kwargs: Any
+    ) -> None:
+        from napari.layers import Image
+
+        layer = self._find(name, Image, data.shape)
+        if layer is None:
+            self.viewer.add_image(data, name=name, **geo, **kwargs)
+            return
+        if z is None:
+            layer.data = data
+        else:
+            layer.data[z] = data[z]
+            layer.refresh()
+        layer.scale, layer.translate = geo["scale"], geo["translate"]
+
+    def _put_labels(self, name: str, job: _Job, image_layer: Any, geo: dict[str, Any]) -> None:
+        from napari.layers import Labels
+
+        from .correct import apply_labels
+
+        shape = tuple(image_layer.data.shape)
+        z = job.slice_index
+        layer = self._find(name, Labels, shape)
+        meta = {"checkpoints": job.checkpoints, "image_layer": image_layer.name,
+                "threshold": THRESHOLD, "mode": job.mode}
+        if layer is None:
+            full = job.labels if z is None else _embed(job.labels, z, shape)
+            layer = self.viewer.add_labels(full, name=name, opacity=0.5, **geo)
+            meta["reference"] = np.array(full, copy=True)
+            layer.metadata[METADATA_KEY] = meta
+            return
+        new = job.labels
+        if z is not None and job.mode == "instances" and new.any():
+            data = layer.data
+            others = max(int(data[:z].max(initial=0)), int(data[z + 1:].max(initial=0)))
+            new = np.where(new > 0, new + others, 0).astype(np.int32) if others else new
+        # one undoable step: Ctrl+Z on the labels layer brings the previous labels back
+        apply_labels(layer, new, z)
+        layer.scale, layer.translate = geo["scale"], geo["translate"]
+        old = layer.metadata.get(METADATA_KEY, {})
+        reference = old.get("reference")
+        if z is None or reference is None or tuple(reference.shape) != shape:
+            reference = np.array(layer.data, copy=True)
+        else:
+            reference[z] = layer.data[z]
+        meta["reference"] = reference
+        layer.metadata[METADATA_KEY] = meta
+
+
+def _embed(slice_labels: np.ndarray, z: int, shape: tuple[int, ...]) -> np.ndarray:
+    full = np.zeros(shape, dtype=np.int32)
+    full[z] = slice_labels
+    return full
+
+
+def _robust_range(a: np.ndarray) -> tuple[float, float]:
+    """0.5 / 99.5 percentiles of (a sample of) ``a`` as contrast limits."""
+    flat = np.asarray(a, dtype=np.float32).ravel()
+    if flat.size > 1_000_000:
+        flat = flat[:: flat.size // 1_000_000]
+    lo, hi = (float(v) for v in np.percentile(flat, (0.5, 99.5)))
+    if not hi > lo:
+        hi = lo + 1.0
+    return lo, hi

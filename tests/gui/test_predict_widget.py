@@ -1,0 +1,237 @@
+"""The Predict widget driven like a user: checkpoints, Predict slice / stack, ensembles, Stop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractButton,
+    QAbstractSpinBox,
+    QComboBox,
+    QListWidget,
+)
+
+from napari_fcres.postprocess import labels_from_probabilities
+from napari_fcres.widgets._common import remember_checkpoints
+from napari_fcres.widgets.predict import PredictWidget, layer_names
+
+pytestmark = pytest.mark.gui
+
+WAIT_MS = 60_000
+IMAGE = "EM (synthetic)"
+
+
+def _train(folder: Path, em_small, *, epochs: int, seed: int) -> Path:
+    from napari_fcres.config import preset_config
+    from napari_fcres.training import replace_train, run_training
+
+    cfg = replace_train(preset_config("tiny"), epochs=epochs, crop_size=32, device="cpu",
+                        lr=3e-3, seed=seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: more threads only contend on a busy machine
+    try:
+        return run_training(cfg, *em_small, folder).best_checkpoints[0]
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, em_small) -> Path:
+    """A tiny model trained long enough (~1 s) to find the cells of the small stack."""
+    return _train(tmp_path_factory.mktemp("trained"), em_small, epochs=20, seed=0)
+
+
+@pytest.fixture(scope="module")
+def second(tmp_path_factory, em_small) -> Path:
+    """Another tiny model (other seed, fewer epochs): the second member of an ensemble."""
+    return _train(tmp_path_factory.mktemp("second"), em_small, epochs=8, seed=7)
+
+
+def make_widget(viewer, checkpoints) -> PredictWidget:
+    widget = PredictWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Predict")
+    widget.checkpoint_list.set_checkpoints(checkpoints)
+    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
+    widget.tile_spin.setValue(128)
+    return widget
+
+
+def click(qtbot, button) -> None:
+    assert button.isEnabled(), f"{button.text()} is disabled"
+    qtbot.mouseClick(button, Qt.LeftButton)
+
+
+def wait_done(qtbot, widget: PredictWidget) -> None:
+    qtbot.waitUntil(lambda: not widget.is_running(), timeout=WAIT_MS)
+    qtbot.wait(10)
+
+
+def assert_usable(widget: PredictWidget) -> None:
+    assert not widget.is_running()
+    assert widget.stack_button.isEnabled() and widget.slice_button.isEnabled()
+    assert not widget.stop_button.isEnabled()
+
+
+def test_every_control_has_a_tooltip(viewer, em_layers, trained):
+    widget = make_widget(viewer, [trained])
+    kinds = (QAbstractButton, QComboBox, QAbstractSpinBox, QListWidget)
+    controls = [w for w in widget.findChildren(kinds) if w.parent() is not None]
+    assert len(controls) >= 9
+    missing = [type(w).__name__ + ":" + getattr(w, "text", lambda: "")()
+               for w in controls if not w.toolTip()]
+    assert not missing
+
+
+def test_predict_stack_adds_layers(viewer, qtbot, em_layers, trained):
+    img, _ = em_layers
+    img.scale = (2.0, 0.5, 0.5)
+    img.translate = (0.0, 3.0, 4.0)
+    widget = make_widget(viewer, [trained])
+    assert widget.image_combo.layer().name == IMAGE
+    with qtbot.waitSignal(widget.finished, timeout=WAIT_MS) as blocker:
+        click(qtbot, widget.stack_button)
+    wait_done(qtbot, widget)
+    assert_usable(widget)
+    names = layer_names(IMAGE)
+    assert blocker.args[0]["layers"] == {k: names[k] for k in
+                                         ("normalized", "probability", "labels")}
+    prob = viewer.layers[names["probability"]]
+    assert prob.data.shape == img.data.shape and prob.data.dtype == np.float32
+    assert 0.0 <= prob.data.min() and prob.data.max() <= 1.0
+    assert prob.colormap.name == "magma"
+    assert tuple(prob.contrast_limits) == (0.0, 1.0)
+    norm = viewer.layers[names["normalized"]]
+    assert norm.data.shape == img.data.shape and np.ptp(norm.data) > 0
+    labels = viewer.layers[names["labels"]]
+    assert labels.data.shape == img.data.shape
+    assert np.issubdtype(labels.data.dtype, np.integer)
+    for layer in (prob, norm, labels):
+        np.testing.assert_allclose(layer.scale, img.scale)
+        np.testing.assert_allclose(layer.translate, img.translate)
+    # instance labels of the thresholded probabilities, unique over the stack
+    np.testing.assert_array_equal(
+        labels.data, labels_from_probabilities(prob.data, 0.5, "instances"))
+    assert labels.data.max() > 4
+    assert names["disagreement"] not in viewer.layers
+    meta = labels.metadata["fcres"]
+    assert meta["checkpoints"] == [str(trained)]
+    np.testing.assert_array_equal(meta["reference"], labels.data)
+
+    # binary mode, predicted again: the labels layer is updated in place, undoably
+    before = labels.data.copy()
+    widget.mode_combo.setCurrentText("binary")
+    click(qtbot, widget.stack_button)
+    wait_done(qtbot, widget)
+    assert viewer.layers[names["labels"]] is labels or labels in viewer.layers
+    assert set(np.unique(labels.data)) <= {0, 1}
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before)
+    labels.redo()
+    assert set(np.unique(labels.data)) <= {0, 1}
+
+
+def test_predict_current_slice(viewer, qtbot, em_layers, trained):
+    img, _ = em_layers
+    widget = make_widget(viewer, [trained])
+    viewer.dims.set_current_step(0, 2)
+    click(qtbot, widget.slice_button)
+    wait_done(qtbot, widget)
+    names = layer_names(IMAGE)
+    prob = viewer.layers[names["probability"]].data
+    labels = viewer.layers[names["labels"]]
+    assert prob.shape == img.data.shape
+    assert prob[2].max() > 0 and not prob[[0, 1, 3]].any()
+    assert labels.data[2].any() and not labels.data[[0, 1, 3]].any()
+
+    # a full prediction, then a slice preview on another slice: one undoable step
+    click(qtbot, widget.stack_button)
+    wait_done(qtbot, widget)
+    stack_labels = labels.data.copy()
+    viewer.dims.set_current_step(0, 1)
+    labels.data_setitem((np.array([1]), np.array([5]), np.array([5])), 99)  # a correction
+    corrected = labels.data.copy()
+    click(qtbot, widget.slice_button)
+    wait_done(qtbot, widget)
+    after = labels.data.copy()
+    np.testing.assert_array_equal(after[[0, 2, 3]], stack_labels[[0, 2, 3]])
+    # new ids of the previewed slice do not clash with the other slices
+    other_ids = set(np.unique(after[[0, 2, 3]])) - {0}
+    assert not (set(np.unique(after[1])) - {0}) & other_ids
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, corrected)
+    labels.redo()
+    np.testing.assert_array_equal(labels.data, after)
+    # the reference for the Export widget follows the preview of slice 1
+    np.testing.assert_array_equal(labels.metadata["fcres"]["reference"][1], after[1])
+
+
+def test_ensemble_adds_disagreement(viewer, qtbot, em_layers, trained, second):
+    img, _ = em_layers
+    widget = make_widget(viewer, [trained, second])
+    assert widget.checkpoint_list.checked() == [trained, second]
+    widget.tta_check.setChecked(True)
+    click(qtbot, widget.stack_button)
+    wait_done(qtbot, widget)
+    names = layer_names(IMAGE)
+    spread = viewer.layers[names["disagreement"]]
+    assert spread.data.shape == img.data.shape and spread.data.dtype == np.float32
+    assert spread.data.max() > 0
+    assert spread.colormap.name == "inferno"
+    np.testing.assert_allclose(spread.scale, img.scale)
+    meta = viewer.layers[names["labels"]].metadata["fcres"]
+    assert meta["checkpoints"] == [str(trained), str(second)]
+
+
+def test_stop_during_stack_prediction(viewer, qtbot, trained, notifications):
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.integers(0, 255, (24, 256, 256), dtype=np.uint8), name="big")
+    widget = make_widget(viewer, [trained])
+    widget.tta_check.setChecked(True)
+    with qtbot.waitSignal(widget.stopped, timeout=WAIT_MS):
+        click(qtbot, widget.stack_button)
+        assert widget.is_running()
+        click(qtbot, widget.stop_button)
+    wait_done(qtbot, widget)
+    assert_usable(widget)
+    assert "big probability" not in viewer.layers
+    assert "stopped" in widget.status_label.text()
+    assert not notifications.errors()
+    # usable again: a slice preview works
+    viewer.dims.set_current_step(0, 5)
+    widget.tta_check.setChecked(False)
+    click(qtbot, widget.slice_button)
+    wait_done(qtbot, widget)
+    assert viewer.layers["big probability"].data[5].any()
+
+
+def test_bad_checkpoint_is_reported(viewer, qtbot, em_layers, tmp_path, notifications):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    widget = make_widget(viewer, [bad])
+    click(qtbot, widget.stack_button)
+    wait_done(qtbot, widget)
+    assert_usable(widget)
+    errors = notifications.errors()
+    assert errors and "not a readable checkpoint" in str(errors[-1].message)
+    assert f"{IMAGE} probability" not in viewer.layers
+
+
+def test_checkpoint_list_follows_training(viewer, qtbot, em_layers, trained, second):
+    remember_checkpoints([second])
+    widget = PredictWidget(viewer)
+    assert widget.checkpoint_list.checked() == [second]
+    remember_checkpoints([trained])  # a newer run: ticked, the older one unticked
+    assert widget.checkpoint_list.checked() == [trained]
+    assert set(widget.checkpoint_list.paths()) == {trained, second}
+    widget.checkpoint_list.list.item(0).setSelected(True)
+    click(qtbot, widget.checkpoint_list.remove_button)
+    assert widget.checkpoint_list.paths() == [second]
+    assert not widget.stack_button.isEnabled()  # nothing ticked
+    found = widget.checkpoint_list.add_folder(trained.parent.parent)
+    assert found == [trained]
+    assert widget.stack_button.isEnabled()
+    widget.deleteLater()

@@ -1,0 +1,265 @@
+"""The Train widget driven like a user: settings, Start, Stop, Resume, failures."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractButton,
+    QAbstractSpinBox,
+    QComboBox,
+    QLineEdit,
+)
+
+from napari_fcres.checkpoint import read_checkpoint
+from napari_fcres.widgets._common import recent_checkpoints
+from napari_fcres.widgets.train import TrainWidget, detect_partial
+
+pytestmark = pytest.mark.gui
+
+WAIT_MS = 90_000
+
+
+def make_widget(viewer, qtbot, tmp_path: Path, *, epochs: int = 2) -> TrainWidget:
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Train")
+    widget.preset_combo.setCurrentText("tiny")
+    widget.epochs_spin.setValue(epochs)
+    widget.minutes_spin.setValue(0)
+    widget.crop_spin.setValue(32)
+    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
+    widget.output_edit.set_path(tmp_path / "run")
+    return widget
+
+
+def click(qtbot, button) -> None:
+    assert button.isEnabled(), f"{button.text()} is disabled"
+    qtbot.mouseClick(button, Qt.LeftButton)
+
+
+def wait_done(qtbot, widget: TrainWidget, timeout: int = WAIT_MS) -> None:
+    qtbot.waitUntil(lambda: not widget.is_running(), timeout=timeout)
+
+
+def assert_usable(widget: TrainWidget) -> None:
+    assert not widget.is_running()
+    assert widget.start_button.isEnabled()
+    assert not widget.stop_button.isEnabled()
+    assert widget.image_combo.isEnabled() and widget.labels_combo.isEnabled()
+
+
+def test_layers_preset_and_tooltips(viewer, qtbot, em_layers, tmp_path):
+    widget = make_widget(viewer, qtbot, tmp_path)
+    img, lab = em_layers
+    assert widget.image_combo.layer().name == img.name
+    assert widget.labels_combo.layer().name == lab.name
+    assert not widget.partial_check.isChecked()  # full labels: every slice labelled
+    assert widget.preset_combo.currentText() == "tiny"
+    assert widget.arch_combo.currentText() == "pipeline"
+    assert widget.device_combo.findData("cpu") >= 0
+    # a new labels layer with unlabelled slices is detected as a partial annotation
+    partial = np.zeros(img.data.shape, np.uint8)
+    partial[1, :10, :10] = 1
+    partial[1, 20:30, 20:30] = 2
+    viewer.add_labels(partial, name="painted")
+    widget.labels_combo.set_layer("painted")
+    assert widget.partial_check.isChecked()
+    assert "1 of 4" in widget.annotated_label.text()
+    viewer.layers.remove("painted")
+    assert widget.labels_combo.layer().name == lab.name
+    # every control explains itself
+    controls = [
+        w for w in widget.findChildren((QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit))
+        if w.isVisibleTo(widget) or w.parentWidget() is not None
+    ]
+    assert len(controls) > 15
+    missing = []
+    for w in controls:
+        node, tip = w, ""
+        while node is not None and node is not widget and not tip:
+            tip, node = node.toolTip(), node.parentWidget()
+        if not tip:
+            missing.append(f"{type(w).__name__} {getattr(w, 'text', lambda: '')()!r}")
+    assert not missing, missing
+    for i in range(widget.preset_combo.count()):
+        assert widget.preset_combo.itemData(i, Qt.ToolTipRole)
+
+
+def test_detect_partial():
+    full = np.zeros((3, 8, 8), np.uint8)
+    full[:, :4] = 1
+    assert not detect_partial(full)
+    part = full.copy()
+    part[1] = 0
+    assert detect_partial(part)
+    painted = np.zeros((8, 8), np.uint8)
+    painted[:2] = 1
+    painted[4:6] = 2
+    assert detect_partial(painted)
+    assert not detect_partial(np.zeros((2, 4, 4), np.uint8))
+
+
+def test_full_training_run(viewer, qtbot, em_layers, tmp_path):
+    widget = make_widget(viewer, qtbot, tmp_path, epochs=2)
+    with qtbot.waitSignal(widget.finished, timeout=WAIT_MS) as sig:
+        click(qtbot, widget.start_button)
+        assert widget.is_running()
+        assert not widget.start_button.isEnabled() and widget.stop_button.isEnabled()
+    wait_done(qtbot, widget)
+    result = sig.args[0]
+    assert result is widget.last_result and not result.stopped
+    best = tmp_path / "run" / "member_00" / "best.pt"
+    assert best.exists() and (tmp_path / "run" / "member_00" / "last.pt").exists()
+    assert widget.best_checkpoints == [best]
+    assert recent_checkpoints() == [best]
+    ck = read_checkpoint(best)
+    assert ck["preset"] == "tiny" and ck["architecture"] == "pipeline"
+    # live plot: a loss per step, a validation Dice per epoch
+    data = widget.plot_data()
+    steps, losses = data["loss"][0]
+    assert len(steps) >= 2 and steps == sorted(steps) and np.isfinite(losses).all()
+    assert data["dice"][0][0] == [1, 2]
+    line = widget.ax_loss.get_lines()[0]
+    assert len(line.get_xdata()) == len(steps)
+    assert len(widget.ax_dice.get_lines()[0].get_xdata()) == 2
+    assert "finished" in widget.status_label.text()
+    assert_usable(widget)
+
+
+def test_stop_then_resume(viewer, qtbot, em_layers, tmp_path):
+    widget = make_widget(viewer, qtbot, tmp_path, epochs=1000)
+    click(qtbot, widget.start_button)
+    qtbot.waitUntil(lambda: len(widget.plot_data()["loss"].get(0, ([], []))[0]) >= 4,
+                    timeout=WAIT_MS)
+    with qtbot.waitSignal(widget.finished, timeout=WAIT_MS) as sig:
+        t0 = time.perf_counter()
+        click(qtbot, widget.stop_button)
+        assert not widget.stop_button.isEnabled()  # a second click does nothing
+    wait_done(qtbot, widget)
+    stop_seconds = time.perf_counter() - t0
+    assert stop_seconds < 10, f"Stop took {stop_seconds:.1f} s"
+    result = sig.args[0]
+    assert result.stopped
+    member = tmp_path / "run" / "member_00"
+    assert (member / "last.pt").exists() and (member / "best.pt").exists()
+    last = read_checkpoint(member / "last.pt")
+    stopped_step, stopped_epoch = int(last["step"]), int(last["epoch"])
+    assert stopped_step >= 4 and not last["finished"]
+    assert_usable(widget)
+    assert widget.resume_button.isEnabled()
+    assert Path(widget.output_edit.path()) == tmp_path / "run"
+
+    # Resume: continues the same run from its last step, up to two more epochs
+    widget.epochs_spin.setValue(stopped_epoch + 2)
+    with qtbot.waitSignal(widget.finished, timeout=WAIT_MS) as sig:
+        click(qtbot, widget.resume_button)
+    wait_done(qtbot, widget)
+    assert not sig.args[0].stopped
+    last = read_checkpoint(member / "last.pt")
+    assert last["finished"] and int(last["step"]) > stopped_step
+    assert int(last["epoch"]) == stopped_epoch + 2
+    steps = widget.plot_data()["loss"][0][0]
+    assert stopped_step + 1 in steps and steps[-1] == int(last["step"])
+    assert_usable(widget)
+
+
+def test_failure_all_zero_labels(viewer, qtbot, em_layers, tmp_path, notifications):
+    img, _ = em_layers
+    viewer.add_labels(np.zeros(img.data.shape, np.uint8), name="empty")
+    widget = make_widget(viewer, qtbot, tmp_path)
+    widget.labels_combo.set_layer("empty")
+    with qtbot.waitSignal(widget.failed, timeout=WAIT_MS) as sig:
+        click(qtbot, widget.start_button)
+    wait_done(qtbot, widget)
+    assert sig.args[0].user_error
+    assert any("Training failed" in m and "zero" in m for m in notifications.messages())
+    assert "Training failed" in widget.status_label.text()
+    assert_usable(widget)
+    assert widget.last_result is None
+
+
+def test_failure_runtime_error_in_worker(viewer, qtbot, em_layers, tmp_path, notifications,
+                                         monkeypatch):
+    import napari_fcres.training as training
+
+    real_train = training.train
+
+    def broken_train(*args, **kwargs):
+        gen = real_train(*args, **kwargs)
+        yield next(gen)
+        raise RuntimeError("simulated crash inside the worker")
+
+    monkeypatch.setattr(training, "train", broken_train)
+    widget = make_widget(viewer, qtbot, tmp_path)
+    with qtbot.waitSignal(widget.failed, timeout=WAIT_MS) as sig:
+        click(qtbot, widget.start_button)
+    wait_done(qtbot, widget)
+    failed = sig.args[0]
+    assert failed.original_type == "RuntimeError" and not failed.user_error
+    assert "simulated crash" in failed.message and "broken_train" in failed.traceback_text
+    assert any("simulated crash" in str(n.message) for n in notifications.errors())
+    assert_usable(widget)
+
+
+def test_failure_out_of_memory(viewer, qtbot, em_layers, tmp_path, notifications, monkeypatch):
+    import napari_fcres.training as training
+
+    def oom_train(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        yield  # a generator
+
+    monkeypatch.setattr(training, "train", oom_train)
+    widget = make_widget(viewer, qtbot, tmp_path)
+    with qtbot.waitSignal(widget.failed, timeout=WAIT_MS) as sig:
+        click(qtbot, widget.start_button)
+    wait_done(qtbot, widget)
+    assert "out of memory" in sig.args[0].message and "batch" in sig.args[0].message
+    assert notifications.errors()
+    assert_usable(widget)
+
+
+def test_start_without_labels_layer(viewer, qtbot, em_small, tmp_path, notifications):
+    viewer.add_image(em_small[0], name="only image")
+    widget = make_widget(viewer, qtbot, tmp_path)
+    click(qtbot, widget.start_button)
+    assert not widget.is_running()
+    assert any("labels layer" in m for m in notifications.messages())
+    assert_usable(widget)
+
+
+def test_train_on_slices_finetune_preprocessor(viewer, qtbot, em_layers, tmp_path,
+                                               tiny_checkpoint):
+    img, lab = em_layers
+    widget = make_widget(viewer, qtbot, tmp_path, epochs=1)
+    widget.preset_combo.setCurrentText("cpu")  # the checkpoint's preset wins
+    out = tmp_path / "finetune"
+    with qtbot.waitSignal(widget.finished, timeout=WAIT_MS) as sig:
+        widget.train_on(img, lab, slices=[0, 2, 3], init_checkpoint=str(tiny_checkpoint),
+                        freeze_fcresnet=True, output_dir=str(out))
+    wait_done(qtbot, widget)
+    assert not sig.args[0].stopped
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["model"]["preset"] == "tiny"
+    assert cfg["train"]["freeze_fcresnet"] is True
+    best = read_checkpoint(out / "member_00" / "best.pt")
+    init = read_checkpoint(tiny_checkpoint)
+    # the FC-ResNet stayed frozen, the pre-processor moved
+    fc = [k for k in init["model_state"] if k.startswith("fcresnet.") and "weight" in k]
+    pre = [k for k in init["model_state"] if k.startswith("preprocessor.") and "weight" in k]
+    assert all(torch.equal(init["model_state"][k], best["model_state"][k]) for k in fc)
+    assert any(not torch.equal(init["model_state"][k], best["model_state"][k]) for k in pre)
+    assert sorted(best["split"]["train"] + best["split"]["val"]) == [0, 1, 2]
+    assert widget.best_checkpoints == [out / "member_00" / "best.pt"]
+    # a second run while one is active is refused
+    widget.epochs_spin.setValue(1000)
+    widget.train_on(img, lab, output_dir=str(tmp_path / "long"))
+    with pytest.raises(Exception, match="already active"):
+        widget.train_on(img, lab)
+    widget.stop()
+    wait_done(qtbot, widget)
