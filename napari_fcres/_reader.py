@@ -60,6 +60,11 @@ def _accepts(path: Path) -> bool:
 
 def get_reader(path: str | list[str]) -> ReaderFunction | None:
     """Return a reader function when napari-fcres can read ``path`` (or every path), else None."""
+    if isinstance(path, (str, Path)) and str(path).rstrip("/\\").lower().endswith(".zarr") \
+            and Path(path).is_dir():
+        from .chunked import zarr_layer_data  # OME-Zarr / zarr: lazy (dask), multiscale
+
+        return zarr_layer_data
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     if not paths or not all(_accepts(Path(p)) for p in paths):
         return None

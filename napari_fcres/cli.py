@@ -1,4 +1,4 @@
-"""The ``fcres`` command line: info, train, predict, evaluate, demo, fetch."""
+"""The ``fcres`` command line: info, train, predict, evaluate, demo, fetch, bioimage.io."""
 
 from __future__ import annotations
 
@@ -166,6 +166,7 @@ def build_train_config(args: argparse.Namespace) -> Config:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .distributed import init_from_env
     from .training import train
 
     cfg = build_train_config(args)
@@ -176,8 +177,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     labels = _select(labels, slices, cfg.data.axis) if labels.ndim == 3 else labels
     log.info("training %s/%s on %s %s, %d member(s) -> %s", cfg.model.preset,
              cfg.model.architecture, image.shape, image.dtype, cfg.train.ensemble, args.out)
-    bar = tqdm(total=1000, unit="‰", desc="train", disable=args.quiet, dynamic_ncols=True)
-    gen = train(cfg, image, labels, args.out, resume=args.resume, init_checkpoint=args.init)
+    dist = init_from_env(cfg.train.device)  # torchrun: DDP over WORLD_SIZE ranks
+    bar = tqdm(total=1000, unit="‰", desc="train", disable=args.quiet or not dist.is_main,
+               dynamic_ncols=True)
+    gen = train(cfg, image, labels, args.out, resume=args.resume, init_checkpoint=args.init,
+                dist=dist, ensemble_parallel=args.ensemble_parallel)
     result = None
     while True:
         try:
@@ -185,6 +189,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         except StopIteration as stop:
             result = stop.value
             break
+        except BaseException:
+            dist.close()
+            raise
         bar.n = int(p.fraction * 1000)
         post = {"member": f"{p.member + 1}/{p.n_members}", "epoch": p.epoch}
         if p.loss is not None:
@@ -194,6 +201,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.set_postfix(post, refresh=False)
         bar.update(0)
     bar.close()
+    dist.close()
+    if not dist.is_main:
+        return 0
     for path, score in zip(result.best_checkpoints, result.best_val_dice, strict=True):
         print(f"{path}\tbest validation Dice {score:.4f}")
     return 0
@@ -202,6 +212,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- predict
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.chunked:
+        return _predict_chunked(args)
     from tqdm import tqdm
 
     from .checkpoint import find_checkpoints, load_model
@@ -247,6 +259,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(write_image(args.normalized, res.normalized, spacing=spacing))
     if args.spread and res.spread is not None:
         print(write_image(args.spread, res.spread, spacing=spacing))
+    return 0
+
+
+def _predict_chunked(args: argparse.Namespace) -> int:
+    """``predict --chunked``: an OME-Zarr image in, OME-Zarr labels out, block by block."""
+    from tqdm import tqdm
+
+    from .chunked import predict_ome_zarr
+    from .device import resolve_device
+
+    for flag in ("normalized", "spread", "slices"):
+        if getattr(args, flag):
+            raise InputError(f"--{flag} is not available with --chunked")
+    if args.mode != "binary" or args.min_size:
+        raise InputError("--chunked writes binary labels; --mode largest/instances and "
+                         "--min-size need the whole volume in memory")
+    bar = tqdm(total=1, desc="predict", unit="block", disable=args.quiet, dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    out = predict_ome_zarr(
+        args.models, args.image, args.out, name=args.label_name,
+        probabilities=args.probabilities, threshold=args.threshold, workers=args.workers,
+        ngff_version=args.ngff_version, axis=args.axis, tile_size=args.tile,
+        overlap=args.overlap, batch_size=args.batch_size, tta=args.tta,
+        device=str(resolve_device(args.device)), progress=progress,
+    )
+    bar.close()
+    print(out)
     return 0
 
 
@@ -327,6 +370,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_bioimageio(args: argparse.Namespace) -> int:
+    from .bioimageio_export import export_bioimageio
+
+    print(export_bioimageio(
+        args.models, args.out, name=args.name, description=args.description,
+        authors=args.author or ("napari-fcres",), maintainers=args.maintainer or (),
+        license=args.license, test_image=load_source(args.test_image).data
+        if args.test_image else None, torchscript=not args.no_torchscript,
+    ))
+    return 0
+
+
+def cmd_import_bioimageio(args: argparse.Namespace) -> int:
+    from .bioimageio_export import import_bioimageio
+
+    print(import_bioimageio(args.package, args.out, member=args.member))
+    return 0
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
     from .sample_data import fetch_isbi2012
 
@@ -384,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--init", help="fine-tune from this checkpoint")
     s.add_argument("--freeze-fcresnet", action="store_true",
                    help="with --init: adapt only the pre-processor")
+    s.add_argument("--ensemble-parallel", action="store_true",
+                   help="under torchrun: member k trains alone on rank k %% world size "
+                        "(no DDP)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("predict", help="predict with one model or an ensemble")
@@ -405,6 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", default="binary", choices=["binary", "largest", "instances"],
                    help="labels: 0/1 mask, largest 3D component, or cell instances")
     s.add_argument("--min-size", type=int, default=0, help="drop objects smaller than this")
+    s.add_argument("--chunked", action="store_true",
+                   help="IMAGE and --out are .zarr: predict block by block (larger than "
+                        "memory) into OUT/labels/NAME (OME-Zarr)")
+    s.add_argument("--label-name", default="fcres", help="with --chunked: labels/NAME")
+    s.add_argument("--ngff-version", choices=["0.4", "0.5"],
+                   help="with --chunked: OME-Zarr version of new stores (default 0.4)")
+    s.add_argument("--workers", type=int, default=0,
+                   help="with --chunked: dask worker processes (0: in this process)")
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("evaluate", help="Dice, pixel error, V_rand, V_info")
@@ -425,6 +498,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("export-bioimageio",
+                       help="write trained model(s) as one bioimage.io model package (.zip)")
+    s.add_argument("--models", nargs="+", required=True,
+                   help="checkpoint files or training folders (an ensemble is averaged)")
+    s.add_argument("--out", required=True, help="package zip to write")
+    s.add_argument("--name", default="napari-fcres segmentation")
+    s.add_argument("--description",
+                   default="Binary segmentation with a learned pre-processor and an FC-ResNet")
+    s.add_argument("--author", action="append", help="author name (repeatable)")
+    s.add_argument("--maintainer", action="append", help="GitHub user name (repeatable)")
+    s.add_argument("--license", default="BSD-3-Clause", help="SPDX license of the weights")
+    s.add_argument("--test-image", help="image for the test tensors (default: sample:image)")
+    s.add_argument("--no-torchscript", action="store_true", help="skip the TorchScript copy")
+    s.set_defaults(func=cmd_export_bioimageio)
+
+    s = sub.add_parser("import-bioimageio",
+                       help="turn a package written by export-bioimageio into checkpoint(s)")
+    s.add_argument("package", help="package zip, folder or rdf.yaml")
+    s.add_argument("--out", required=True,
+                   help="checkpoint file (one model) or folder (ensemble: member_KK/best.pt)")
+    s.add_argument("--member", type=int, help="import only this ensemble member")
+    s.set_defaults(func=cmd_import_bioimageio)
 
     s = sub.add_parser("fetch-isbi", help="download (or locate) the ISBI 2012 EM data")
     s.add_argument("--cache-dir")

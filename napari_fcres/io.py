@@ -9,7 +9,9 @@ Supported formats for :func:`read_image`:
   and single DICOM files (``.dcm``) via SimpleITK;
 * single PNG / JPEG / BMP images via scikit-image;
 * a folder of 2D slices (tif/png/jpg/bmp, natural name order) stacked along Z;
-* a folder of DICOM slices read as one volume with SimpleITK's ``ImageSeriesReader``.
+* a folder of DICOM slices read as one volume with SimpleITK's ``ImageSeriesReader``;
+* a zarr array or the first (finest) level of an OME-Zarr image (``.zarr``), read into memory
+  (for volumes larger than memory see :mod:`napari_fcres.chunked`).
 
 All arrays are in numpy/napari axis order (``z, y, x``) and spacings are given per axis in that
 same order.
@@ -50,7 +52,7 @@ WRITE_EXTENSIONS = TIFF_EXTENSIONS + (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd"
 SUPPORTED_FORMATS = (
     "TIFF/OME-TIFF (.tif, .tiff), NIfTI (.nii, .nii.gz), MetaImage (.mha, .mhd), "
     "NRRD (.nrrd, .nhdr), DICOM (.dcm or a folder of DICOM slices), PNG/JPEG/BMP (.png, .jpg, "
-    ".jpeg, .bmp) and folders of 2D TIFF/PNG/JPEG slices"
+    ".jpeg, .bmp), folders of 2D TIFF/PNG/JPEG slices and OME-Zarr / zarr arrays (.zarr)"
 )
 SUPPORTED_WRITE_FORMATS = (
     "TIFF (.tif, .tiff), NIfTI (.nii, .nii.gz), MetaImage (.mha, .mhd), NRRD (.nrrd)"
@@ -133,10 +135,12 @@ def read_image(path: str | os.PathLike) -> Volume:
     p = Path(path)
     if not p.exists():
         raise InputError(f"{str(p)!r} does not exist. Supported formats: {SUPPORTED_FORMATS}.")
-    if p.is_dir():
-        return _read_folder(p)
     ext = _extension(p)
-    readers: dict[str, Callable[[Path], Volume]] = {}
+    if p.is_dir() and any((p / n).exists() for n in (".zgroup", ".zarray", "zarr.json")):
+        ext = ".zarr"  # a zarr group or array, e.g. ``image.zarr/labels/cells``
+    if p.is_dir() and ext != ".zarr":
+        return _read_folder(p)
+    readers: dict[str, Callable[[Path], Volume]] = {".zarr": _read_zarr}
     readers.update(dict.fromkeys(TIFF_EXTENSIONS, _read_tiff))
     readers.update(dict.fromkeys(SITK_EXTENSIONS, _read_sitk))
     readers.update(dict.fromkeys(PLAIN_2D_EXTENSIONS, _read_plain))
@@ -281,6 +285,15 @@ def _read_plain(path: Path) -> Volume:
 
     data = np.asarray(skio.imread(str(path)))
     return Volume(data=data, spacing=None, path=str(path), metadata={"format": path.suffix[1:]})
+
+
+def _read_zarr(path: Path) -> Volume:
+    """The finest level of an OME-Zarr image (singleton channel/time dropped) or a zarr array."""
+    from .chunked import spatial_level
+
+    array, spacing, meta = spatial_level(path)
+    meta = {"format": "ome-zarr" if meta.get("version") else "zarr", **meta}
+    return Volume(data=np.asarray(array[...]), spacing=spacing, path=str(path), metadata=meta)
 
 
 def _read_slice(path: Path) -> np.ndarray:

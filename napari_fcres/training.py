@@ -6,7 +6,8 @@ when ``should_stop()`` turns true or when the caller closes it (napari's
 ``thread_worker.quit()``).  Every member of an ensemble gets its own random
 train/validation split and seed and its own folder ``member_KK/`` holding
 ``best.pt`` (best validation Dice, for prediction) and ``last.pt``
-(everything needed to resume).
+(everything needed to resume).  Under ``torchrun`` the loop runs on every rank
+with DistributedDataParallel (see :mod:`napari_fcres.distributed`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .augment import CropSampler, SliceData
 from .checkpoint import config_of, read_checkpoint, save_checkpoint
 from .config import Config
 from .device import is_out_of_memory, resolve_device, use_amp, use_channels_last_for_training
+from .distributed import DistContext
 from .errors import CheckpointError, InputError, OutOfMemoryError, TrainingError
 from .io import as_binary_labels, check_image_labels, validate_image
 from .losses import LOSSES
@@ -185,17 +187,23 @@ def train(
     resume: bool = False,
     init_checkpoint: str | Path | None = None,
     should_stop: Callable[[], bool] | None = None,
+    dist: DistContext | None = None,
+    ensemble_parallel: bool = False,
 ) -> Generator[TrainProgress, None, TrainResult]:
     """Train ``config.train.ensemble`` models; yields progress, returns a :class:`TrainResult`.
 
     ``resume`` continues each member from its ``last.pt``; ``init_checkpoint``
     fine-tunes from trained weights (``config.train.freeze_fcresnet`` then adapts
-    only the pre-processor).
+    only the pre-processor).  ``dist`` (from
+    :func:`~napari_fcres.distributed.init_from_env`) trains each member with DDP
+    over all ranks, or with ``ensemble_parallel`` member k alone on rank
+    k % world_size.
     """
     out_dir = Path(out_dir)
     cfg = config
+    dist = dist or DistContext()
     data = prepare_data(image, labels, cfg)
-    device = resolve_device(cfg.train.device)
+    device = dist.device if dist.enabled and dist.device else resolve_device(cfg.train.device)
     init_state = None
     if init_checkpoint is not None:
         init = read_checkpoint(init_checkpoint)
@@ -210,20 +218,33 @@ def train(
     if cfg.train.freeze_fcresnet and cfg.model.architecture != "pipeline":
         raise InputError("freezing the FC-ResNet needs the 'pipeline' architecture")
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(out_dir / "config.yaml")
+    if dist.is_main:
+        cfg.to_yaml(out_dir / "config.yaml")
     result = TrainResult(out_dir)
     k_members = cfg.train.ensemble
-    budget = cfg.train.max_minutes * 60.0 / k_members if cfg.train.max_minutes else None
+    parallel = ensemble_parallel and dist.enabled
+    sequential = math.ceil(k_members / dist.world_size) if parallel else k_members
+    budget = cfg.train.max_minutes * 60.0 / sequential if cfg.train.max_minutes else None
+    member_dist = DistContext(device=device) if parallel else dist
+    done: list[tuple[int, Path, float]] = []
     for member in range(k_members):
+        if parallel and member % dist.world_size != dist.rank:
+            continue
         runner = _MemberRun(cfg, data, out_dir / f"member_{member:02d}", member, device,
-                            resume, init_state, budget)
+                            resume, init_state, budget, member_dist)
         stopped = yield from runner.run(should_stop)
-        result.best_checkpoints.append(runner.best_path)
-        result.best_val_dice.append(runner.best_val)
+        done.append((member, runner.best_path, runner.best_val))
         yield runner.progress("member_done", message=f"member {member + 1} done")
         if stopped:
             result.stopped = True
             break
+    if parallel:  # every rank learns every member's result
+        gathered = dist.gather_objects((done, result.stopped))
+        done = sorted(item for d, _ in gathered for item in d)
+        result.stopped = any(s for _, s in gathered)
+    dist.barrier()
+    result.best_checkpoints = [p for _, p, _ in done]
+    result.best_val_dice = [v for _, _, v in done]
     log.info("training finished: %s", result)
     yield TrainProgress("done", k_members - 1, k_members, 0, cfg.train.epochs, 0, 0,
                         fraction=1.0, message="stopped" if result.stopped else "finished")
@@ -236,9 +257,12 @@ class _MemberRun:
     def __init__(
         self, cfg: Config, data: PreparedData, folder: Path, member: int,
         device: torch.device, resume: bool, init_state: dict | None, budget_s: float | None,
+        dist: DistContext | None = None,
     ) -> None:
         self.cfg, self.data, self.folder, self.member = cfg, data, folder, member
         self.device = device
+        self.dist = dist or DistContext()
+        self.rank_rng_states: list[dict[str, Any]] | None = None
         self.seed = member_seed(cfg.train.seed, member)
         self.budget_s = budget_s
         self.best_path = folder / "best.pt"
@@ -247,7 +271,7 @@ class _MemberRun:
         torch.manual_seed(self.seed)
         np.random.seed(self.seed % 2**32)
         random.seed(self.seed)
-        self.gen = torch.Generator().manual_seed(self.seed)
+        self.gen = torch.Generator().manual_seed(self.seed + self.dist.rank)  # own crops per rank
         self.train_slices, self.val_slices = split_slices(data.annotated, t.val_fraction, self.seed)
         if not self.val_slices:
             log.warning("only one annotated slice: validating on the training slice")
@@ -265,13 +289,15 @@ class _MemberRun:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.amp = use_amp(device)
+        self.model = self.dist.convert_batchnorm(self.model)
         self.opt = _optimizer(self.model, cfg)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(t.lr_decay))
-        self.loss_fn = LOSSES[t.loss]
+        self.loss_fn = self.dist.loss(t.loss) if self.dist.enabled else LOSSES[t.loss]
         h, w = data.image.shape[1:]
         crops_per_epoch = len(self.train_slices) * h * w / t.crop_size**2
+        global_batch = t.batch_size * self.dist.world_size
         self.steps_per_epoch = t.steps_per_epoch or max(
-            1, math.ceil(crops_per_epoch / t.batch_size)
+            1, math.ceil(crops_per_epoch / global_batch)
         )
         self.epoch = 0
         self.step = 0
@@ -284,6 +310,7 @@ class _MemberRun:
         self.finished = False
         if resume and self.last_path.exists():
             self._resume()
+        self.ddp_model = self.dist.wrap(self.model)  # forward pass; self.model for checkpoints
         sd = SliceData(
             torch.from_numpy(data.image[self.train_slices]),
             torch.from_numpy(data.target[self.train_slices]),
@@ -315,6 +342,8 @@ class _MemberRun:
             p["optimizer_state"] = self.opt.state_dict()
             p["scheduler_state"] = self.sched.state_dict()
             p["rng_state"] = _rng_state(self.gen)
+            if self.rank_rng_states is not None and len(self.rank_rng_states) > 1:
+                p["rng_state_ranks"] = self.rank_rng_states
         return p
 
     def _resume(self) -> None:
@@ -327,7 +356,7 @@ class _MemberRun:
         self.model.load_state_dict(ck["model_state"])
         self.opt.load_state_dict(ck["optimizer_state"])
         self.sched.load_state_dict(ck["scheduler_state"])
-        _set_rng_state(ck["rng_state"], self.gen)
+        _set_rng_state(self._own_rng_state(ck), self.gen)
         self.train_slices = list(ck["split"]["train"])
         self.val_slices = list(ck["split"]["val"])
         self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
@@ -338,6 +367,20 @@ class _MemberRun:
         self.elapsed = float(ck["elapsed_s"])
         self.finished = bool(ck.get("finished", False))
         log.info("member %d resumed at epoch %d, step %d", self.member, self.epoch, self.step)
+
+    def _own_rng_state(self, ck: dict[str, Any]) -> dict[str, Any]:
+        """This rank's saved random state; a fresh crop stream if the world size changed."""
+        states = ck.get("rng_state_ranks")
+        if states and len(states) == self.dist.world_size:
+            return states[self.dist.rank]
+        if self.dist.rank == 0:
+            return ck["rng_state"]
+        log.warning("rank %d: %s has no random state for this rank; new crop stream",
+                    self.dist.rank, self.last_path)
+        state = dict(ck["rng_state"])
+        seed = self.seed + self.dist.rank + 7919 * int(ck["step"])
+        state["sampler"] = torch.Generator().manual_seed(seed).get_state()
+        return state
 
     def progress(self, kind: str, **kw: Any) -> TrainProgress:
         t = self.cfg.train
@@ -361,7 +404,7 @@ class _MemberRun:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = self.model(x)
+            logits = self.ddp_model(x)
         loss = self.loss_fn(logits, y, m)
         if not torch.isfinite(loss):
             raise TrainingError(
@@ -375,7 +418,7 @@ class _MemberRun:
         return float(loss.detach())
 
     def _set_train_mode(self) -> None:
-        self.model.train()
+        self.ddp_model.train()
         if self.cfg.train.freeze_fcresnet and isinstance(self.model, Pipeline):
             self.model.fcresnet.eval()  # frozen: keep its batch-norm statistics too
 
@@ -385,13 +428,13 @@ class _MemberRun:
         if self.finished:
             log.info("member %d already finished; skipping", self.member)
             return False
-        stopped = False
+        stopped = completed = False
         start = time.perf_counter() - self.elapsed
         try:
             while self.epoch < t.epochs:
                 self._set_train_mode()
                 while self.step_in_epoch < self.steps_per_epoch:
-                    if should_stop is not None and should_stop():
+                    if self.dist.any(should_stop is not None and should_stop()):
                         stopped = True
                         break
                     try:
@@ -409,13 +452,13 @@ class _MemberRun:
                     self.step_in_epoch += 1
                     self.elapsed = time.perf_counter() - start
                     yield self.progress("step", loss=loss)
-                    if self.budget_s and self.elapsed >= self.budget_s:
+                    if self.budget_s and self.dist.any(self.elapsed >= self.budget_s):
                         break
                 if stopped:
                     break
                 self.epoch += 1
                 losses, self.epoch_losses, self.step_in_epoch = self.epoch_losses, [], 0
-                out_of_time = bool(self.budget_s and self.elapsed >= self.budget_s)
+                out_of_time = bool(self.budget_s) and self.dist.any(self.elapsed >= self.budget_s)
                 if self.epoch % t.val_every == 0 or out_of_time or self.epoch == t.epochs:
                     yield from self._validate(float(np.mean(losses)) if losses else math.nan)
                 self.elapsed = time.perf_counter() - start
@@ -428,25 +471,33 @@ class _MemberRun:
                     break
             if not stopped:
                 self.finished = True
+            completed = True
         finally:
             # Always leave a resumable state, also when the caller closes the generator.
             self.elapsed = time.perf_counter() - start
-            save_checkpoint(self.last_path, self._payload(with_training_state=True))
-        if not self.best_path.exists():
+            if completed:  # a collective: only when every rank gets here
+                self.rank_rng_states = self.dist.gather_objects(_rng_state(self.gen))
+            if self.dist.is_main:
+                save_checkpoint(self.last_path, self._payload(with_training_state=True))
+        if self.dist.is_main and not self.best_path.exists():
             save_checkpoint(self.best_path, self._payload(with_training_state=False))
         return stopped
 
     def _validate(self, train_loss: float) -> Generator[TrainProgress, None, None]:
         slices = self.val_slices or self.train_slices
         tile = self.cfg.train.inference_tile
-        val = validate_model(self.model, self.data, slices, self.device, tile)
+        # rank 0 validates and broadcasts, so early stopping agrees on every rank
+        val = validate_model(self.model, self.data, slices, self.device, tile) \
+            if self.dist.is_main else 0.0
+        val = self.dist.broadcast_float(val)
         self.history.append({"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
                              "val_dice": val, "elapsed_s": self.elapsed,
                              "lr": self.sched.get_last_lr()[0]})
         improved = val > self.best_val
         if improved:
             self.best_val, self.best_epoch = val, self.epoch
-            save_checkpoint(self.best_path, self._payload(with_training_state=False))
+            if self.dist.is_main:
+                save_checkpoint(self.best_path, self._payload(with_training_state=False))
         log.info("member %d epoch %d: loss %.4f val dice %.4f%s", self.member, self.epoch,
                  train_loss, val, " (best)" if improved else "")
         yield self.progress("validation", loss=train_loss, val_dice=val,

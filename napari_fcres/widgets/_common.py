@@ -27,6 +27,7 @@ the GUI thread, where layers may be changed.
 from __future__ import annotations
 
 import functools
+import html
 import inspect
 import logging
 import traceback
@@ -159,10 +160,19 @@ def notify_error(exc: BaseException | str, context: str = "") -> None:
         traceback.format_exception(type(exc), exc, exc.__traceback__)
     )
     log.error("%s%s\n%s", prefix, message, tb_text)
+
+    class _TracebackNotification(ErrorNotification):
+        """Shows the worker thread's traceback behind "View Traceback"."""
+
+        def as_text(self) -> str:
+            return tb_text
+
+        def as_html(self) -> str:
+            return f"<pre>{html.escape(tb_text)}</pre>"
+
     shown = WorkerFailed(prefix + message, original_type=type(exc).__name__,
                          traceback_text=tb_text)
-    shown.__cause__ = exc if not isinstance(exc, WorkerFailed) else exc.original
-    notification_manager.dispatch(ErrorNotification(shown))
+    notification_manager.dispatch(_TracebackNotification(shown))
 
 
 def notify_info(message: str) -> None:
@@ -219,7 +229,12 @@ def start_worker(
 
     def _errored(exc: Exception) -> None:
         failed = exc if isinstance(exc, WorkerFailed) else WorkerFailed.from_exception(exc)
-        (on_error or notify_error)(failed)
+        try:
+            (on_error or notify_error)(failed)
+        except RuntimeError as err:  # the widget was closed while the worker ran
+            if "deleted" not in str(err):
+                raise
+            log.warning("worker failed after its widget was closed: %s", failed.message)
 
     connect: dict[str, Callable[..., Any]] = {"errored": _errored}
     if on_yield is not None:

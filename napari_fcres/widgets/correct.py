@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPLIT_LAYER_NAME = "split line"
+#: Metadata marker of the layers the Predict widget made (see ``predict.RESULT_KEY``).
+RESULT_KEY = "fcres_result"
 SCOPES = ("current slice", "whole stack")
 #: Coalesce slider moves into one preview per this many ms.
 PREVIEW_MS = 40
@@ -409,11 +411,21 @@ class CorrectWidget(QWidget):
         self.labels_combo.refresh()
         self.prob_combo.refresh()
         labels = self.labels_combo.layer()
-        if labels is not None and labels.name.endswith(" labels"):
-            name = labels.name[: -len(" labels")] + " probability"
-            current = self.prob_combo.layer()
-            if (current is None or current.name != name) and self.prob_combo.findText(name) > 0:
-                self.prob_combo.set_layer(name)
+        name = None
+        if labels is not None:
+            marker = labels.metadata.get(RESULT_KEY) or {}
+            for layer in self.viewer.layers:
+                if marker.get("kind") == "labels" and layer.metadata.get(RESULT_KEY) == {
+                    "image": marker.get("image"), "kind": "probability"
+                }:
+                    name = layer.name
+            if name is None and labels.name.endswith(" labels"):
+                name = labels.name[: -len(" labels")] + " probability"
+        current = self.prob_combo.layer()
+        if name and (current is None or current.name != name) and self.prob_combo.findText(
+            name
+        ) > 0:
+            self.prob_combo.set_layer(name)
         self._update_enabled()
 
     def _labels_layer(self) -> Any:

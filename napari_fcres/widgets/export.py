@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import FcresError, InputError
 from ._common import LayerCombo, PathEdit, layer_data, notify_error, notify_info
+from .predict import prefer_source_image
 
 if TYPE_CHECKING:
     import napari
@@ -116,6 +117,7 @@ class ExportWidget(QWidget):
         self._train_poll = QTimer(self)
         self._train_poll.setInterval(250)
         self._train_poll.timeout.connect(self._poll_training)
+        prefer_source_image(self.image_combo, self.viewer)
         self._on_image_changed()
         self._on_labels_changed()
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QButtonGroup,
     QComboBox,
@@ -233,7 +234,7 @@ class InspectWidget(QWidget):
         self.status_label.setToolTip("State of the last computation")
         root.addWidget(self.status_label)
 
-        self.canvas, self.figure, axes = make_canvas((4.0, 4.0), nrows=2, viewer=self.viewer)
+        self.canvas, self.figure, axes = make_canvas((4.0, 4.4), nrows=2, viewer=self.viewer)
         self.ax_raw, self.ax_norm = axes
         self.canvas.setToolTip(
             "Intensity histograms of background and foreground pixels at the input (top) and "
@@ -266,6 +267,12 @@ class InspectWidget(QWidget):
     def stop(self) -> None:
         """Stop a running computation at the next tile batch."""
         self._stop_event.set()
+
+    def event(self, event: QEvent) -> bool:
+        """Closing the dock (napari un-parents the widget) stops a running computation."""
+        if event.type() == QEvent.ParentChange and self.parent() is None and self.is_running():
+            self.stop()
+        return super().event(event)
 
     # ------------------------------------------------------------------ compute
     def _on_show(self) -> None:
@@ -367,6 +374,10 @@ class InspectWidget(QWidget):
                 scale=image_layer.scale, translate=image_layer.translate,
                 metadata={"source_layer": image_layer.name},
             )
+            # right above its image: neighbours in the grid
+            layers = self.viewer.layers
+            src = layers.index(image_layer.name)
+            layers.move(layers.index(name), src + 1)
         else:
             target.contrast_limits_range = (
                 min(float(lo), target.contrast_limits_range[0]),
@@ -374,7 +385,11 @@ class InspectWidget(QWidget):
             )
             target.contrast_limits = (float(lo), float(hi))
             target.refresh()
-        grid_of(self.viewer).enabled = True
+        grid = grid_of(self.viewer)
+        if not grid.enabled:
+            grid.shape = (1, -1)  # one row: raw and normalized side by side
+            grid.enabled = True
+            self.viewer.reset_view()
 
     # ------------------------------------------------------------------ plot
     def plot(self, result: InspectResult) -> None:
@@ -391,15 +406,17 @@ class InspectWidget(QWidget):
                 lo, hi = lo - 0.5, hi + 0.5
             bins = np.linspace(lo, hi, 80)
             xs = np.linspace(lo, hi, 400)
-            for name, values, color in (
-                ("background", bg, BACKGROUND_COLOR), ("foreground", fg, FOREGROUND_COLOR)
+            for name, short, values, color in (
+                ("background", "bg", bg, BACKGROUND_COLOR),
+                ("foreground", "fg", fg, FOREGROUND_COLOR),
             ):
                 if values.size == 0:
                     continue
                 mu, sigma = result.fits[name][key]
                 ax.hist(values, bins=bins, density=True, color=color, alpha=0.45,
-                        label=f"{name}: μ={mu:.3g}, σ={sigma:.3g}")
+                        label=f"{short}\nμ={mu:.3g}\nσ={sigma:.3g}")
                 if sigma > 0:
                     ax.plot(xs, norm.pdf(xs, mu, sigma), "--", color=color, lw=1.3)
-            ax.legend(fontsize=7, framealpha=0.6)
+            ax.legend(fontsize=6, framealpha=0.5, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                      borderaxespad=0.0)
         self.canvas.draw_idle()

@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 #: ``layer.metadata`` key under which prediction provenance is kept.
 METADATA_KEY = "fcres"
+#: ``layer.metadata`` key marking the layers a prediction made (``{"image", "kind"}``).
+RESULT_KEY = "fcres_result"
 #: Threshold turning probabilities into labels (change it live in the Correct widget).
 THRESHOLD = 0.5
 #: Resolution of the activity-dock progress bar.
@@ -79,6 +81,27 @@ def layer_names(image_name: str) -> dict[str, str]:
         "disagreement": f"{image_name} disagreement",
         "labels": f"{image_name} labels",
     }
+
+
+RESULT_SUFFIXES = (" probability", " normalized", " disagreement")
+
+
+def is_result_layer(name: str) -> bool:
+    """True for the image layers a prediction adds (not worth predicting or exporting)."""
+    return name.endswith(RESULT_SUFFIXES)
+
+
+def prefer_source_image(combo: LayerCombo, viewer: Any) -> None:
+    """If ``combo`` shows a prediction result, choose the top-most other image layer."""
+    from napari.layers import Image
+
+    layer = combo.layer()
+    if layer is None or not is_result_layer(layer.name):
+        return
+    for candidate in reversed(list(viewer.layers)):
+        if isinstance(candidate, Image) and not is_result_layer(candidate.name):
+            combo.set_layer(candidate.name)
+            return
 
 
 @dataclass
@@ -327,6 +350,7 @@ class PredictWidget(QWidget):
         self._relay: _ProgressRelay | None = None
         self._target: tuple[Any, int | None] | None = None
         self._build()
+        prefer_source_image(self.image_combo, self.viewer)
         self.destroyed.connect(self._stop_event.set)
         self._update_enabled()
 
@@ -550,7 +574,6 @@ class PredictWidget(QWidget):
     # ------------------------------------------------------------------ layers
     def _show(self, image_layer: Any, job: _Job) -> dict[str, str]:
         """Add or update the result layers; return ``{kind: layer name}``."""
-        names = layer_names(image_layer.name)
         z = job.slice_index
         res = job.result
         geo = {
@@ -561,64 +584,78 @@ class PredictWidget(QWidget):
         if res.normalized is not None:
             norm_slice = res.normalized if z is None else res.normalized[z]
             lo, hi = _robust_range(norm_slice)
-            self._put_image(names["normalized"], res.normalized, z, geo, colormap="gray",
-                            contrast_limits=(lo, hi), visible=False)
-            shown["normalized"] = names["normalized"]
-        self._put_image(names["probability"], res.probabilities, z, geo, colormap="magma",
-                        contrast_limits=(0.0, 1.0), opacity=0.6)
-        shown["probability"] = names["probability"]
+            shown["normalized"] = self._put_image(
+                "normalized", image_layer, res.normalized, z, geo, colormap="gray",
+                contrast_limits=(lo, hi), visible=False,
+            )
+        shown["probability"] = self._put_image(
+            "probability", image_layer, res.probabilities, z, geo, colormap="magma",
+            contrast_limits=(0.0, 1.0), opacity=0.6,
+        )
         if res.spread is not None:
-            self._put_image(names["disagreement"], res.spread, z, geo, colormap="inferno",
-                            contrast_limits=(0.0, 0.25), blending="additive")
-            shown["disagreement"] = names["disagreement"]
-        self._put_labels(names["labels"], job, image_layer, geo)
-        shown["labels"] = names["labels"]
+            shown["disagreement"] = self._put_image(
+                "disagreement", image_layer, res.spread, z, geo, colormap="inferno",
+                contrast_limits=(0.0, 0.25), blending="additive",
+            )
+        shown["labels"] = self._put_labels(job, image_layer, geo)
         return shown
 
-    def _find(self, name: str, kind: type, shape: tuple[int, ...]) -> Any | None:
-        """The layer called ``name`` if it has the right type and shape, else None (removed)."""
-        if name not in self.viewer.layers:
-            return None
-        layer = self.viewer.layers[name]
-        if isinstance(layer, kind) and tuple(layer.data.shape) == tuple(shape) and not getattr(
-            layer, "multiscale", False
-        ):
-            return layer
-        self.viewer.layers.remove(layer)
+    def _find(self, kind: str, image_layer: Any, cls: type, shape: tuple[int, ...]
+              ) -> Any | None:
+        """The layer an earlier prediction of this image made for ``kind``, if still usable.
+
+        Layers are recognised by a marker in their metadata (not by name, so a user's own
+        layer that happens to have the name is never overwritten); an outdated result layer
+        of another shape or type is removed.
+        """
+        marker = {"image": image_layer.name, "kind": kind}
+        for layer in list(self.viewer.layers):
+            if layer.metadata.get(RESULT_KEY) != marker:
+                continue
+            if isinstance(layer, cls) and tuple(layer.data.shape) == tuple(shape) and not \
+                    getattr(layer, "multiscale", False):
+                return layer
+            self.viewer.layers.remove(layer)
         return None
 
-    def _put_image(
-        self, name: str, data: np.ndarray, z: int | None, geo: dict[str, Any], **kwargs: Any
-    ) -> None:
+    def _put_image(self, kind: str, image_layer: Any, data: np.ndarray, z: int | None,
+                   geo: dict[str, Any], **kwargs: Any) -> str:
         from napari.layers import Image
 
-        layer = self._find(name, Image, data.shape)
+        layer = self._find(kind, image_layer, Image, data.shape)
         if layer is None:
-            self.viewer.add_image(data, name=name, **geo, **kwargs)
-            return
+            layer = self.viewer.add_image(
+                data, name=layer_names(image_layer.name)[kind], **geo, **kwargs
+            )
+            layer.metadata[RESULT_KEY] = {"image": image_layer.name, "kind": kind}
+            return layer.name
         if z is None:
             layer.data = data
         else:
             layer.data[z] = data[z]
             layer.refresh()
         layer.scale, layer.translate = geo["scale"], geo["translate"]
+        return layer.name
 
-    def _put_labels(self, name: str, job: _Job, image_layer: Any, geo: dict[str, Any]) -> None:
+    def _put_labels(self, job: _Job, image_layer: Any, geo: dict[str, Any]) -> str:
         from napari.layers import Labels
 
         from .correct import apply_labels
 
         shape = tuple(image_layer.data.shape)
         z = job.slice_index
-        layer = self._find(name, Labels, shape)
+        layer = self._find("labels", image_layer, Labels, shape)
         meta = {"checkpoints": job.checkpoints, "image_layer": image_layer.name,
                 "threshold": THRESHOLD, "mode": job.mode}
         if layer is None:
             full = job.labels if z is None else _embed(job.labels, z, shape)
-            layer = self.viewer.add_labels(full, name=name, opacity=0.5, **geo)
+            layer = self.viewer.add_labels(
+                full, name=layer_names(image_layer.name)["labels"], opacity=0.5, **geo
+            )
+            layer.metadata[RESULT_KEY] = {"image": image_layer.name, "kind": "labels"}
             meta["reference"] = np.array(full, copy=True)
             layer.metadata[METADATA_KEY] = meta
-            return
+            return layer.name
         new = job.labels
         if z is not None and job.mode == "instances" and new.any():
             data = layer.data
@@ -635,6 +672,7 @@ class PredictWidget(QWidget):
             reference[z] = layer.data[z]
         meta["reference"] = reference
         layer.metadata[METADATA_KEY] = meta
+        return layer.name
 
 
 def _embed(slice_labels: np.ndarray, z: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import QEvent, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -488,7 +488,8 @@ class TrainWidget(QWidget):
         self._on_preset_changed(self.preset_combo.currentText())
         self._on_arch_changed(self.arch_combo.currentText())
 
-    def _setup_axes(self) -> None:
+    def _setup_axes(self, dice_loss: bool = True) -> None:
+        """Empty axes; the Dice loss (-Dice) gets its whole range [-1, 0] up front."""
         self.ax_loss.cla()
         self.ax_dice.cla()
         self.ax_loss.set_title("training loss", fontsize=9)
@@ -499,14 +500,14 @@ class TrainWidget(QWidget):
             ax.tick_params(labelsize=7)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         self.ax_loss.set_xlim(0, 10)
-        self.ax_loss.set_ylim(0, 1)
+        self.ax_loss.set_ylim(*((-1.02, 0.02) if dice_loss else (0.0, 1.0)))
         self.ax_dice.set_xlim(0, 5)
         self.ax_dice.set_ylim(0, 1.02)
         style_axes(self.figure, [self.ax_loss, self.ax_dice], self.viewer)
         self._loss_lines: dict[int, Any] = {}
         self._dice_lines: dict[int, Any] = {}
         self._add_lines(0)  # the first member's lines exist up front: no full redraw for them
-        self._loss_range: tuple[float, float] | None = None
+        self._loss_range: tuple[float, float] | None = (-1.0, 0.0) if dice_loss else None
         self._background: Any = None
         self.figure.set_layout_engine("constrained")
 
@@ -531,8 +532,12 @@ class TrainWidget(QWidget):
         self.arch_combo.setEnabled(not running and not finetune)
         self.start_button.setEnabled(not running)
         self.stop_button.setEnabled(running and not self._stop_event.is_set())
-        out = self.output_edit.path()
-        self.resume_button.setEnabled(not running and bool(out) and _resumable(Path(out)))
+        out = Path(self.output_edit.path()) if self.output_edit.path() else None
+        done = self.last_result
+        finished_here = done is not None and not done.stopped and Path(done.out_dir) == out
+        self.resume_button.setEnabled(
+            not running and out is not None and _resumable(out) and not finished_here
+        )
 
     def _on_preset_changed(self, preset: str) -> None:
         if preset in PRESETS:
@@ -715,7 +720,7 @@ class TrainWidget(QWidget):
         self._latest = self._shown = None
         if not (resume and self._plot_dir == out):
             self._reset_plot_data()
-            self._setup_axes()
+            self._setup_axes(dice_loss=cfg.train.loss == "dice")
             self.canvas.draw()
         self._plot_dir = out
         self._run_dir = out
@@ -741,6 +746,15 @@ class TrainWidget(QWidget):
         self._stop_event.set()
         self.status_label.setText("Stopping at the next step ...")
         self._update_enabled()
+
+    def event(self, event: QEvent) -> bool:
+        """Closing the dock (napari un-parents the widget) stops a running training."""
+        if (
+            event.type() == QEvent.ParentChange and self.parent() is None and self.is_running()
+        ):
+            log.info("Train widget closed: stopping the run")
+            self.stop()
+        return super().event(event)
 
     # ------------------------------------------------------------------ worker callbacks
     def _on_progress(self, p: TrainProgress) -> None:
@@ -860,6 +874,19 @@ class TrainWidget(QWidget):
     def _all_lines(self) -> list[Any]:
         return [*self._loss_lines.values(), *self._dice_lines.values()]
 
+    def _fit_limits(self) -> None:
+        """Axes that just hold the data (at the end of a run)."""
+        steps = max((xs[-1] for xs, _ in self._loss.values() if xs), default=0)
+        epochs = max((xs[-1] for xs, _ in self._dice.values() if xs), default=0)
+        self.ax_loss.set_xlim(0, max(steps, 1) * 1.03)
+        self.ax_dice.set_xlim(0, max(epochs, 1) + 0.5)
+        values = [y for _, ys in self._loss.values() for y in ys]
+        if values:
+            lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+            pad = max(hi - lo, 1e-3) * 0.08
+            self.ax_loss.set_ylim(lo - pad, hi + pad)
+            self._loss_range = (lo, hi)
+
     def _grow_limits(self) -> bool:
         """Widen the axes when the data leaves them; True when they changed (full redraw).
 
@@ -881,12 +908,12 @@ class TrainWidget(QWidget):
             lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
             cur_lo, cur_hi = self.ax_loss.get_ylim()
             if self._loss_range is None or lo < cur_lo or hi > cur_hi:
-                if -1.0 <= lo and hi <= 0.0:  # Dice loss (-Dice): its whole range
-                    self.ax_loss.set_ylim(-1.02, 0.02)
-                else:  # losses fall: leave room below
-                    span = max(hi - lo, 1e-3)
-                    self.ax_loss.set_ylim(min(lo - span, cur_lo), max(hi + 0.3 * span, cur_hi)
-                                          if self._loss_range else hi + 0.3 * span)
+                # losses fall: leave room below
+                span = max(hi - lo, 1e-3)
+                self.ax_loss.set_ylim(min(lo - span, cur_lo) if self._loss_range else lo - span,
+                                      max(hi + 0.3 * span, cur_hi) if self._loss_range
+                                      else hi + 0.3 * span)
+                self._relayout()  # new y tick labels may need another margin
                 changed = True
             self._loss_range = (lo, hi)
         return changed
@@ -915,6 +942,9 @@ class TrainWidget(QWidget):
                 self._dice_lines[member].set_data(*self._dice[member])
         if new_line and len(self._loss_lines) > 1:
             self.ax_loss.legend(fontsize=7)
+        if force and not self.is_running():
+            self._fit_limits()
+            self._relayout()
         full = self._grow_limits() or new_line or force or self._background is None
         if full or not self.canvas.isVisible():
             self.canvas.draw()  # calls _on_canvas_draw

@@ -195,3 +195,41 @@ def test_split_along_drawn_line(viewer, qtbot, widget, layers):
     before = labels.data.copy()
     click(qtbot, widget.split_button)
     np.testing.assert_array_equal(labels.data, before)
+
+
+def test_napari_painting_and_operations_share_one_history(viewer, qtbot, widget, layers):
+    _, labels = layers
+    start = labels.data.copy()
+    viewer.dims.set_current_step(0, 0)
+    labels.brush_size = 3
+    labels.paint((0, 60, 4), 42)  # napari's own brush
+    painted = labels.data.copy()
+    assert (painted[0] == 42).sum() < 20
+    widget.min_size_spin.setValue(20)
+    click(qtbot, widget.remove_small_button)  # removes the small stroke
+    assert not (labels.data == 42).any()
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, painted)
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, start)
+
+
+def test_2d_labels(viewer, qtbot):
+    prob = blobs()[0]
+    labels = viewer.add_labels(labels_from_probabilities(prob, 0.5, "instances"), name="p labels")
+    viewer.add_image(prob, name="p probability")
+    widget = CorrectWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Correct")
+    widget.labels_combo.set_layer(labels)
+    assert widget.prob_combo.layer().name == "p probability"
+    assert not widget.scope_combo.isEnabled()
+    start = labels.data.copy()
+    widget.threshold_spin.setValue(0.8)
+    widget.commit_threshold()
+    np.testing.assert_array_equal(labels.data > 0, prob > 0.8)
+    check_one_step(labels, start)
+    shrunk = labels.data.copy()
+    widget.draw_split_line().add_paths([np.array([[5.0, 20.0], [35.0, 20.0]])])
+    click(qtbot, widget.split_button)
+    assert len(set(np.unique(labels.data)) - {0}) == 3
+    check_one_step(labels, shrunk)

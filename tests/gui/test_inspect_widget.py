@@ -61,8 +61,8 @@ def test_current_slice_with_labels(viewer, qtbot, em_layers, tiny_checkpoint):
         n_bars, dashed = histogram_parts(ax)
         assert n_bars > 20 and len(dashed) == 2
         texts = [t.get_text() for t in ax.get_legend().get_texts()]
-        assert any(t.startswith("background") for t in texts)
-        assert any(t.startswith("foreground") for t in texts)
+        assert any(t.startswith("bg") and "μ=" in t for t in texts)
+        assert any(t.startswith("fg") and "σ=" in t for t in texts)
     mu, sigma = result.fits["foreground"]["raw"]
     assert mu == pytest.approx(float(result.foreground.raw.mean()), rel=1e-4)
     assert sigma == pytest.approx(float(result.foreground.raw.std()), rel=1e-3)

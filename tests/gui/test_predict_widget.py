@@ -235,3 +235,37 @@ def test_checkpoint_list_follows_training(viewer, qtbot, em_layers, trained, sec
     assert found == [trained]
     assert widget.stack_button.isEnabled()
     widget.deleteLater()
+
+
+def test_predict_2d_image(viewer, qtbot, em_small, trained):
+    image = em_small[0][1]
+    layer = viewer.add_image(image, name="plane", scale=(0.5, 0.5))
+    widget = make_widget(viewer, [trained])
+    widget.image_combo.set_layer(layer)
+    click(qtbot, widget.slice_button)  # a 2-D image: the whole image
+    wait_done(qtbot, widget)
+    labels = viewer.layers["plane labels"]
+    assert labels.data.shape == image.shape and labels.data.any()
+    np.testing.assert_allclose(labels.scale, (0.5, 0.5))
+
+
+def test_opened_after_a_prediction_picks_the_source_image(viewer, em_layers):
+    img, _ = em_layers
+    viewer.add_image(np.zeros(img.data.shape, np.float32), name=f"{IMAGE} probability")
+    widget = PredictWidget(viewer)
+    assert widget.image_combo.layer().name == IMAGE
+    widget.deleteLater()
+
+
+def test_a_users_layer_with_the_same_name_is_kept(viewer, qtbot, em_layers, trained):
+    img, _ = em_layers
+    mine = viewer.add_labels(np.ones((2, 8, 8), np.uint8), name=f"{IMAGE} labels")
+    widget = make_widget(viewer, [trained])
+    widget.image_combo.set_layer(img)
+    for _ in range(2):
+        click(qtbot, widget.stack_button)
+        wait_done(qtbot, widget)
+    assert mine in viewer.layers and mine.data.shape == (2, 8, 8) and mine.data.all()
+    ours = [la for la in viewer.layers if la.metadata.get("fcres_result", {}).get("kind")
+            == "labels"]
+    assert len(ours) == 1 and ours[0].data.shape == img.data.shape

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -203,7 +204,8 @@ def test_failure_runtime_error_in_worker(viewer, qtbot, em_layers, tmp_path, not
     failed = sig.args[0]
     assert failed.original_type == "RuntimeError" and not failed.user_error
     assert "simulated crash" in failed.message and "broken_train" in failed.traceback_text
-    assert any("simulated crash" in str(n.message) for n in notifications.errors())
+    shown = [n for n in notifications.errors() if "simulated crash" in str(n.message)]
+    assert shown and "broken_train" in shown[0].as_text()  # "View Traceback" shows the worker's
     assert_usable(widget)
 
 
@@ -263,3 +265,43 @@ def test_train_on_slices_finetune_preprocessor(viewer, qtbot, em_layers, tmp_pat
         widget.train_on(img, lab)
     widget.stop()
     wait_done(qtbot, widget)
+
+
+def test_plugin_thread_check_is_active(viewer):
+    """Setting a viewer attribute off the GUI thread raises (the check our widgets pass)."""
+    errors: list[BaseException] = []
+
+    def set_title() -> None:
+        try:
+            viewer.title = "from a thread"
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=set_title)
+    thread.start()
+    thread.join()
+    assert errors and "main Qt thread" in str(errors[0])
+
+
+@pytest.mark.parametrize(
+    ("display_name", "cls_name"),
+    [("Train / fine-tune", "TrainWidget"), ("Inspect normalization", "InspectWidget")],
+)
+def test_widgets_open_from_the_plugin_menu(make_napari_viewer, display_name, cls_name):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-fcres", display_name)
+    assert type(widget).__name__ == cls_name
+
+
+def test_closing_the_widget_stops_training(viewer, qtbot, em_layers, tmp_path):
+    widget = make_widget(viewer, qtbot, tmp_path, epochs=1000)
+    click(qtbot, widget.start_button)
+    qtbot.waitUntil(lambda: len(widget.plot_data()["loss"].get(0, ([], []))[0]) >= 2,
+                    timeout=WAIT_MS)
+    with qtbot.waitSignal(widget.finished, timeout=WAIT_MS) as sig:
+        viewer.window.remove_dock_widget("all")  # the dock's close button does this
+    wait_done(qtbot, widget)
+    assert sig.args[0].stopped
+    last = read_checkpoint(tmp_path / "run" / "member_00" / "last.pt")
+    assert not last["finished"]
+    assert_usable(widget)
