@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         passthrough.append("--tta")
     for size in args.sizes or [args.size]:
         cmd = [sys.executable, __file__, "--worker", "--size", str(size), *passthrough]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", check=False)
         if proc.returncode != 0:
             log.error("size %d failed:\n%s", size, proc.stderr)
             return proc.returncode

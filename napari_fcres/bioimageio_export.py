@@ -507,7 +507,7 @@ def import_bioimageio(
         payload = {"config": config.to_dict(), "preset": config.model.preset,
                    "architecture": config.model.architecture, "model_state": model_state,
                    "member": k, "best_val_dice": float(scores[k]),
-                   "imported_from": str(package), "history": [], "split": {}}
+                   "imported_from": str(package), "history": []}
         return save_checkpoint(path, payload)
 
     if len(chosen) == 1:

@@ -594,7 +594,7 @@ def _set_ome_attrs(group: Any, values: dict[str, Any], version: str) -> None:
 
 
 def _new_level(group: Any, shape: Sequence[int], dtype: Any, chunks: Sequence[int],
-               version: str) -> zarr.Array:
+               version: str, compressors: Any = "auto") -> zarr.Array:
     ndim = len(shape)
     kwargs: dict[str, Any] = {}
     if version == "0.4":
@@ -603,7 +603,7 @@ def _new_level(group: Any, shape: Sequence[int], dtype: Any, chunks: Sequence[in
         kwargs["dimension_names"] = list(_SPATIAL_NAMES[ndim])
     return group.create_array(
         "0", shape=tuple(int(n) for n in shape), chunks=tuple(int(c) for c in chunks),
-        dtype=np.dtype(dtype), fill_value=0, overwrite=True, **kwargs,
+        dtype=np.dtype(dtype), fill_value=0, overwrite=True, compressors=compressors, **kwargs,
     )
 
 
@@ -679,14 +679,18 @@ def create_ome_zarr_image(
     spacing: Sequence[float] | None = None,
     name: str = "image",
     ngff_version: str = "0.4",
+    compressors: Any = "auto",
 ) -> zarr.Array:
-    """Create a one-level OME-Zarr image at ``path`` and return its empty level 0."""
+    """Create a one-level OME-Zarr image at ``path`` and return its empty level 0.
+
+    ``compressors``: zarr's default (``"auto"``) or ``None`` for raw chunks.
+    """
     import zarr
 
     version = _check_version(ngff_version)
     shape = tuple(int(n) for n in shape)
     root = zarr.open_group(str(path), mode="w", zarr_format=_zarr_format(version))
-    level = _new_level(root, shape, dtype, chunks or default_chunks(shape), version)
+    level = _new_level(root, shape, dtype, chunks or default_chunks(shape), version, compressors)
     _set_ome_attrs(root, {"multiscales": [_multiscale(name, len(shape), spacing, version)]},
                    version)
     return level

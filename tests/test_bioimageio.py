@@ -90,8 +90,9 @@ def test_bioimageio_test_passes_offline(package):
     if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"],
                                                   capture_output=True).returncode == 0:
         cmd = ["unshare", "-n", *cmd]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", env=env, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "passed" in out and "❌" not in out

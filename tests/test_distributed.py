@@ -108,6 +108,28 @@ def test_global_dice_equals_single_process_dice():
     assert init_from_env("cpu").world_size == 1
 
 
+def test_sync_batchnorm_conversion_keeps_checkpoints():
+    """CUDA ranks swap BatchNorm for SyncBatchNorm: same state dict, same eval output."""
+    from napari_fcres.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(preset_config("tiny").model).eval()
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+    keys = list(model.state_dict())
+    gpu_rank = DistContext(rank=0, world_size=2, device=torch.device("cuda", 0))
+    converted = gpu_rank.convert_batchnorm(model)
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules())
+    assert list(converted.state_dict()) == keys
+    with torch.no_grad():
+        torch.testing.assert_close(converted.eval()(x), before)
+    cpu_rank = DistContext(rank=0, world_size=2, device=torch.device("cpu"))
+    plain = build_model(preset_config("tiny").model)
+    assert cpu_rank.convert_batchnorm(plain) is plain
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in plain.modules())
+
+
 def test_ddp_equals_one_process_on_the_union_batch(tmp_path, stack, monkeypatch):
     image, labels = stack
     steps, epochs = 4, 3
@@ -156,7 +178,8 @@ def test_torchrun_cli_ensemble_parallel(tmp_path, stack):
         "--crop-size", "32", "--batch-size", "2", "--epochs", "2", "--steps-per-epoch", "3",
         "--device", "cpu", "--ensemble", "2", "--ensemble-parallel",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if "best validation Dice" in ln]
     assert len(lines) == 2, proc.stdout  # printed once, by rank 0, for both members

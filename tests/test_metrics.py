@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +20,9 @@ from napari_fcres.metrics import (
     segmentation_scores,
     volume_scores,
 )
+from napari_fcres.sample_data import SHARED_ISBI_DIR
 
-ISBI_LABELS = Path("/work/shared/data/isbi2012/train-labels.tif")
+ISBI_LABELS = SHARED_ISBI_DIR / "train-labels.tif"
 
 
 def two_cells() -> np.ndarray:

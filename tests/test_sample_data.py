@@ -21,7 +21,7 @@ from napari_fcres.sample_data import (
     synthetic_em_stack,
 )
 
-SHARED = Path("/work/shared/data/isbi2012")
+SHARED = sample_data.SHARED_ISBI_DIR  # ../shared beside the checkout
 ISBI_FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
 
 
