@@ -78,7 +78,7 @@ class FcresModel(nn.Module):
             self.preprocessor = UNet(**preprocessor)
             self.fcresnet = _build_fcresnet(fcresnet)
             divisor = max(self.preprocessor.size_divisor, self.fcresnet.size_divisor)
-        elif architecture in ("fcresnet-standardize", "fcresnet-rescale"):
+        elif architecture in ("fcresnet-standardize", "fcresnet-rescale", "fcresnet-raw"):
             self.fcresnet = _build_fcresnet(fcresnet)
             self.register_buffer("shift", torch.tensor(0.0))
             self.register_buffer("scale", torch.tensor(1.0))

@@ -14,8 +14,12 @@ from typing import Any, Literal
 
 from .errors import InputError
 
-Architecture = Literal["pipeline", "fcresnet-standardize", "fcresnet-rescale", "unet"]
-ARCHITECTURES: tuple[str, ...] = ("pipeline", "fcresnet-standardize", "fcresnet-rescale", "unet")
+Architecture = Literal[
+    "pipeline", "fcresnet-standardize", "fcresnet-rescale", "fcresnet-raw", "unet"
+]
+ARCHITECTURES: tuple[str, ...] = (
+    "pipeline", "fcresnet-standardize", "fcresnet-rescale", "fcresnet-raw", "unet"
+)
 
 
 @dataclass

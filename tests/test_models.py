@@ -87,6 +87,10 @@ def test_normalization_baselines_fit_statistics():
     resc.fit_normalization(values)
     _, normalized = resc.forward_with_normalized(torch.full((1, 1, 16, 16), 30.0))
     assert torch.allclose(normalized, torch.ones_like(normalized))
+    raw = build_model(preset_config("tiny", "fcresnet-raw").model)
+    raw.fit_normalization(values)  # no statistics: the input passes unchanged
+    x = torch.full((1, 1, 16, 16), 30.0)
+    assert torch.equal(raw.forward_with_normalized(x)[1], x)
 
 
 def test_unknown_preset_and_architecture_are_clear_errors():

@@ -94,8 +94,10 @@ class NormalizedFCResNet(SegmentationModel):
     """FC-ResNet after a hand-made normalization fitted on the training data.
 
     ``mode="standardize"`` is the paper's ref. [17] ((x - mean) / std);
-    ``mode="rescale"`` maps the training range [min, max] to [0, 1].  The two
-    statistics are buffers, so they travel inside every checkpoint.
+    ``mode="rescale"`` maps the training range [min, max] to [0, 1];
+    ``mode="raw"`` feeds the raw intensities unchanged (the ablation with no
+    pre-processing at all).  The two statistics are buffers, so they travel
+    inside every checkpoint.
     """
 
     def __init__(self, cfg: ModelConfig, mode: str) -> None:
@@ -113,6 +115,8 @@ class NormalizedFCResNet(SegmentationModel):
     @torch.no_grad()
     def fit_normalization(self, values: torch.Tensor) -> None:
         """Set the statistics from training intensities (any shape)."""
+        if self.mode == "raw":
+            return
         v = values.double().flatten()
         if self.mode == "standardize":
             shift, scale = v.mean(), v.std()
@@ -148,6 +152,8 @@ def build_model(cfg: ModelConfig) -> SegmentationModel:
         return NormalizedFCResNet(cfg, "standardize")
     if arch == "fcresnet-rescale":
         return NormalizedFCResNet(cfg, "rescale")
+    if arch == "fcresnet-raw":
+        return NormalizedFCResNet(cfg, "raw")
     if arch == "unet":
         return PlainUNet(cfg)
     raise InputError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")

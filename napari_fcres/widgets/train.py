@@ -61,6 +61,7 @@ ARCHITECTURE_HELP = {
     "pipeline": "learned UNet pre-processor followed by the FC-ResNet (the paper's pipeline)",
     "fcresnet-standardize": "FC-ResNet on standardized input (baseline without pre-processor)",
     "fcresnet-rescale": "FC-ResNet on input rescaled to [0, 1] (baseline)",
+    "fcresnet-raw": "FC-ResNet on the raw intensities, no pre-processing at all (ablation)",
     "unet": "plain UNet (baseline)",
 }
 
