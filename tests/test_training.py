@@ -141,7 +141,9 @@ def test_init_from_other_preset_is_refused(tmp_path, stack):
         next(train(cfg, image, labels, tmp_path / "x", init_checkpoint=base.best_checkpoints[0]))
 
 
-@pytest.mark.parametrize("arch", ["fcresnet-standardize", "fcresnet-rescale", "fcresnet-raw", "unet"])
+@pytest.mark.parametrize(
+    "arch", ["fcresnet-standardize", "fcresnet-rescale", "fcresnet-raw", "unet"]
+)
 def test_baselines_train(tmp_path, stack, arch):
     image, labels = stack
     cfg = tiny_config(epochs=1)

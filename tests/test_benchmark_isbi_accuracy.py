@@ -1,0 +1,74 @@
+"""Smoke test of benchmarks/isbi_accuracy.py: ``--quick`` end to end; files and keys only."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "isbi_accuracy.py"
+FCRES_METHODS = (
+    "ours", "ours-ensemble", "ours-dice", "fcresnet-standardize", "fcresnet-rescale", "unet",
+)
+ALL_METHODS = (*FCRES_METHODS, "torch-em-unet", "random-forest", "smoothed-raw")
+SCORE_KEYS = ("v_rand", "v_info", "dice", "pixel_error", "per_slice", "v_rand_threshold",
+              "v_info_threshold", "train_seconds", "steps", "epochs", "budget_minutes")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("isbi_quick")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(out / "res"),
+         "--plot", str(out / "vrand.png"), "--jobs", "4"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+def test_help() -> None:
+    done = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0
+    for option in ("--budget-minutes", "--folds", "--methods", "--ensemble", "--jobs",
+                   "--quick", "--torch-em-python", "--device", "--out", "--plot"):
+        assert option in done.stdout
+
+
+def test_quick_outputs(quick_run: Path) -> None:
+    res = quick_run / "res"
+    report = json.loads((res / "results.json").read_text())
+    assert {"settings", "folds", "summary", "fold_slices"} <= set(report)
+    assert report["settings"]["quick"] is True
+    assert "fairness" in report["settings"]
+    assert (res / "results.md").read_text().startswith("# ISBI 2012")
+    assert (quick_run / "vrand.png").stat().st_size > 0
+    rows = report["folds"]["main"]
+    assert set(rows) == set(ALL_METHODS)
+    for method in ALL_METHODS:
+        row = rows[method]
+        assert "error" not in row, f"{method}: {row.get('error')}"
+        if "skipped" in row:  # torch-em / scikit-learn not installed here
+            assert method in ("torch-em-unet", "random-forest")
+            continue
+        folder = res / "main" / method
+        assert (folder / "probabilities.tif").is_file()
+        scores = json.loads((folder / "scores.json").read_text())
+        assert set(SCORE_KEYS) <= set(scores)
+        assert set(scores["per_slice"]) >= {"slice", "v_rand", "v_info", "dice", "pixel_error"}
+        assert method in report["summary"]
+    for method in FCRES_METHODS:
+        folder = res / "main" / method
+        assert (folder / "config.yaml").is_file()
+        assert (folder / "member_00" / "best.pt").is_file()
+    assert (res / "main" / "ours-ensemble" / "member_01" / "best.pt").is_file()
+
+
+def test_quick_run_dir_loads(quick_run: Path) -> None:
+    from napari_fcres.inference import load_models
+
+    assert len(load_models(quick_run / "res" / "main" / "ours-ensemble")) == 2
