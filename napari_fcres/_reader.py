@@ -2,7 +2,9 @@
 
 Handles TIFF / OME-TIFF, NIfTI, MetaImage, NRRD, single DICOM files and folders of DICOM or
 2-D slices (read as one volume).  A file whose name contains "label" and holds integer data
-opens as a labels layer; everything else as an image layer.
+opens as a labels layer; everything else as an image layer.  A ``.zarr`` folder opens lazily
+(dask, multiscale) as an OME-Zarr image with its ``labels/`` as labels layers; a store holding
+only labels (as the OME-Zarr writer and the Predict widget make) opens every label image.
 """
 
 from __future__ import annotations
@@ -62,13 +64,28 @@ def get_reader(path: str | list[str]) -> ReaderFunction | None:
     """Return a reader function when napari-fcres can read ``path`` (or every path), else None."""
     if isinstance(path, (str, Path)) and str(path).rstrip("/\\").lower().endswith(".zarr") \
             and Path(path).is_dir():
-        from .chunked import zarr_layer_data  # OME-Zarr / zarr: lazy (dask), multiscale
-
-        return zarr_layer_data
+        return read_zarr
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     if not paths or not all(_accepts(Path(p)) for p in paths):
         return None
     return read_layers
+
+
+def read_zarr(path: str | list[str]) -> list[LayerData]:
+    """OME-Zarr stores / zarr arrays as lazy (dask) layers; all labels of a labels-only store."""
+    from .chunked import ome_zarr_label_names, zarr_layer_data
+
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    layers: list[LayerData] = []
+    for item in paths:
+        p = Path(item)
+        has_image, names = ome_zarr_label_names(p)
+        if has_image or not names:
+            layers.extend(zarr_layer_data(str(p)))
+            continue
+        for name in names:
+            layers.extend(zarr_layer_data(str(p / "labels" / name)))
+    return layers
 
 
 def _stem(path: Path) -> str:

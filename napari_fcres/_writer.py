@@ -1,8 +1,15 @@
-"""npe2 single-layer writers: a labels layer as compressed TIFF or NIfTI, keeping its spacing."""
+"""npe2 single-layer writers: a labels layer as compressed TIFF, NIfTI or OME-Zarr.
+
+The layer scale is kept as the voxel spacing.  OME-Zarr labels go to ``<path>/labels/<layer
+name>`` with NGFF image-label metadata, written block by block (dask / zarr labels are never
+loaded whole); an existing OME-Zarr image gets the labels added next to its image.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,12 +19,12 @@ from .io import write_labels
 log = logging.getLogger(__name__)
 
 
-def _spacing(data: np.ndarray, meta: dict[str, Any]) -> tuple[float, ...] | None:
+def _spacing(data: Any, meta: dict[str, Any]) -> tuple[float, ...] | None:
     scale = meta.get("scale")
     if scale is None:
         return None
     spacing = tuple(abs(float(s)) for s in scale)
-    if len(spacing) != data.ndim or not all(s > 0 for s in spacing):
+    if len(spacing) != len(data.shape) or not all(s > 0 for s in spacing):
         log.warning("ignoring layer scale %s for data of shape %s", scale, data.shape)
         return None
     return spacing
@@ -37,3 +44,32 @@ def write_labels_tiff(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
 def write_labels_nifti(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """Write a labels layer as NIfTI (``.nii`` or ``.nii.gz``)."""
     return _write(path, data, meta)
+
+
+def _label_name(meta: dict[str, Any]) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(meta.get("name") or "").strip()).strip("._")
+    return cleaned or "labels"
+
+
+def write_labels_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """Write a labels layer as OME-Zarr image-label ``<path>/labels/<layer name>``."""
+    from .chunked import ngff_version_for, write_ome_zarr_labels
+    from .errors import InputError
+
+    if meta.get("multiscale") or isinstance(data, (list, tuple)):
+        data = data[0]  # the full-resolution level
+    out = Path(path)
+    if out.suffix.lower() != ".zarr":
+        out = out.with_name(out.name + ".zarr")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a zarr folder")
+    name = _label_name(meta)
+    target = out / "labels" / name
+    source = (meta.get("metadata") or {}).get("source_path")
+    if source and Path(source).resolve() == target.resolve():
+        # the layer is read from this very array: rewriting it would read what it erases
+        log.info("labels layer %r is already stored in %s", name, target)
+        return [str(out)]
+    write_ome_zarr_labels(out, data, name, _spacing(data, meta),
+                          ngff_version=ngff_version_for(out))
+    return [str(out)]

@@ -66,6 +66,9 @@ __all__ = [
     "create_ome_zarr_labels",
     "create_ome_zarr_image",
     "zarr_layer_data",
+    "ngff_version_for",
+    "ome_zarr_label_names",
+    "instance_labels_chunked",
 ]
 
 log = logging.getLogger(__name__)
@@ -862,3 +865,82 @@ def _layer(levels: list[Any], meta: dict[str, Any], default: str) -> tuple[Any, 
         kwargs["multiscale"] = True
         return levels, kwargs, kind
     return levels[0], kwargs, kind
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def ngff_version_for(path: str | Path) -> str:
+    """The NGFF version to write into ``path``: that of an existing zarr store, else 0.4."""
+    import zarr
+
+    p = Path(path)
+    if not p.exists():
+        return "0.4"
+    try:
+        root = zarr.open_group(str(p), mode="r")
+    except Exception:  # noqa: BLE001 - not a group: the writer reports it
+        return "0.4"
+    return "0.4" if root.metadata.zarr_format == 2 else "0.5"
+
+
+def ome_zarr_label_names(path: str | Path) -> tuple[bool, list[str]]:
+    """``(has_image, label names)`` of an OME-Zarr store (``(False, [])`` for other zarr)."""
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception:  # noqa: BLE001 - unreadable: read_ome_zarr reports it
+        return False, []
+    if isinstance(node, zarr.Array):
+        return False, []
+    meta, _ = _ome_attrs(node)
+    names: list[str] = []
+    if "labels" in node:
+        names = [str(n) for n in _ome_attrs(node["labels"])[0].get("labels", [])]
+    return bool(meta.get("multiscales")), names
+
+
+def instance_labels_chunked(
+    labels: Any,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> int:
+    """Turn a 0/1 mask array (zarr) into per-slice instance labels, in place; return the count.
+
+    Works slab by slab along axis 0 (a chunk of whole slices, fewer when that is large; one
+    slice is always held whole).  Ids continue across slices exactly as
+    :func:`~napari_fcres.postprocess.labels_from_probabilities` with ``mode="instances"``
+    numbers them for the whole stack.  A 2D array is labelled at once.
+    """
+    from .postprocess import instance_labels
+
+    shape = tuple(int(n) for n in labels.shape)
+    if len(shape) == 2:
+        out = instance_labels(np.asarray(labels[...]) > 0)
+        labels[...] = out.astype(labels.dtype, copy=False)
+        if progress is not None:
+            progress(1, 1)
+        return int(out.max(initial=0))
+    plane = shape[1] * shape[2]
+    step = max(1, int((_chunks_of(labels) or (1,))[0]))
+    if step * plane > 4 * DEFAULT_BLOCK_VOXELS:  # deep chunks of large slices: fewer slices
+        step = max(1, DEFAULT_BLOCK_VOXELS // plane)
+    starts = list(range(0, shape[0], step))
+    offset = 0
+    for k, start in enumerate(starts):
+        if should_stop is not None and should_stop():
+            raise StoppedError(f"labelling stopped on request after {k} of {len(starts)} slabs")
+        region = slice(start, min(shape[0], start + step))
+        mask = np.asarray(labels[region]) > 0
+        lab = instance_labels(mask, axis=0, per_slice=True)
+        if offset:
+            lab[lab > 0] += offset
+        offset = max(offset, int(lab.max(initial=0)))
+        if np.iinfo(labels.dtype).max < offset:
+            raise InputError(f"{offset} instances do not fit the labels' dtype {labels.dtype}")
+        labels[region] = lab.astype(labels.dtype, copy=False)
+        if progress is not None:
+            progress(k + 1, len(starts))
+    return offset

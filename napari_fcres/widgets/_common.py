@@ -18,6 +18,8 @@ Public API (kept small on purpose):
   viewer's theme colours.
 * :func:`layer_data` / :func:`current_slice` - a layer's data as numpy and the slice the
   viewer shows.
+* :func:`layer_source` / :func:`is_lazy_layer` - a layer's full-resolution data without
+  loading it, and whether it is lazy (dask / zarr / multiscale: predict it block by block).
 
 Threading rule: worker functions receive plain numpy arrays and settings only, never layers or
 the viewer; every callback (``on_yield``, ``on_done``, ``on_error``, ``on_finished``) runs on
@@ -66,6 +68,8 @@ __all__ = [
     "make_canvas",
     "style_axes",
     "layer_data",
+    "layer_source",
+    "is_lazy_layer",
     "current_slice",
 ]
 
@@ -360,12 +364,24 @@ class LayerCombo(QComboBox):
         self.setCurrentIndex(index)
 
 
-def layer_data(layer: Any) -> np.ndarray:
-    """A layer's data as a numpy array (the full-resolution level of a multiscale layer)."""
+def layer_source(layer: Any) -> Any:
+    """A layer's full-resolution data as it is (numpy, dask or zarr), nothing loaded."""
     data = layer.data
     if getattr(layer, "multiscale", False):
         data = data[0]
-    return np.asarray(data)
+    return data
+
+
+def is_lazy_layer(layer: Any) -> bool:
+    """True for a multiscale layer or data that is not an in-memory numpy array."""
+    return bool(getattr(layer, "multiscale", False)) or not isinstance(
+        layer_source(layer), np.ndarray
+    )
+
+
+def layer_data(layer: Any) -> np.ndarray:
+    """A layer's data as a numpy array (loads lazy data: small layers only)."""
+    return np.asarray(layer_source(layer))
 
 
 def current_slice(viewer: Any, layer: Any, axis: int = 0) -> int:
@@ -373,7 +389,7 @@ def current_slice(viewer: Any, layer: Any, axis: int = 0) -> int:
     if layer.ndim < 3:
         return 0
     point = layer.world_to_data(viewer.dims.point[-layer.ndim:])
-    n = layer_data(layer).shape[axis]
+    n = layer_source(layer).shape[axis]
     return int(np.clip(round(float(point[axis])), 0, n - 1))
 
 

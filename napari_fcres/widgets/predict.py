@@ -5,11 +5,17 @@ pre-processor's output), ``<image> labels`` and, for ensembles, ``<image> disagr
 (per-pixel spread of the members: where to correct first).  The labels layer remembers the
 checkpoints and the labels as predicted (``layer.metadata["fcres"]``) so the Export widget can
 tell which slices were corrected and fine-tune the model that made them.
+
+Lazy images (dask or zarr data, multiscale layers: the full-resolution level) are never loaded
+whole: they are predicted block by block (:func:`napari_fcres.chunked.predict_chunked`) into an
+OME-Zarr store (``<store>/labels/<image>``, NGFF image-label metadata), and the labels are shown
+lazily from there.  The same route is taken for any image when an OME-Zarr output is set.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,11 +44,13 @@ from qtpy.QtWidgets import (
 from ..errors import FcresError, InputError, StoppedError
 from ._common import (
     LayerCombo,
+    PathEdit,
     WorkerFailed,
     checkpoint_registry,
     current_slice,
     device_choices,
-    layer_data,
+    is_lazy_layer,
+    layer_source,
     notify_error,
     notify_info,
     recent_checkpoints,
@@ -83,7 +91,27 @@ def layer_names(image_name: str) -> dict[str, str]:
     }
 
 
-RESULT_SUFFIXES = (" probability", " normalized", " disagreement")
+#: Suffix of the single-slice preview layers of a lazy image.
+PREVIEW_SUFFIX = " (preview)"
+RESULT_SUFFIXES = (" probability", " normalized", " disagreement",
+                   " probability" + PREVIEW_SUFFIX)
+
+
+def default_zarr_path(image_name: str) -> Path:
+    """``~/napari-fcres/predictions/<image>.zarr``: the OME-Zarr output of a lazy image."""
+    return Path.home() / "napari-fcres" / "predictions" / f"{label_name(image_name)}.zarr"
+
+
+def label_name(image_name: str) -> str:
+    """The ``labels/<name>`` group name of an image's prediction (file-name friendly)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", image_name.strip()).strip("._")
+    return cleaned or "labels"
+
+
+def probabilities_path(labels_store: str | Path) -> Path:
+    """Where the probabilities of an OME-Zarr prediction go: ``<store>_probabilities.zarr``."""
+    p = Path(labels_store)
+    return p.with_name(f"{p.stem}_probabilities.zarr")
 
 
 def is_result_layer(name: str) -> bool:
@@ -113,12 +141,110 @@ class _Job:
     slice_index: int | None
     checkpoints: list[str]
     mode: str
+    preview: int | None = None  # slice of a lazy image predicted on its own
+
+
+@dataclass
+class _ZarrJob:
+    """What the block-wise (OME-Zarr) worker returns: where it wrote."""
+
+    labels_path: Path
+    probabilities_path: Path | None
+    checkpoints: list[str]
+    mode: str
+    instances: int | None
 
 
 class _ProgressRelay(QObject):
     """Carries progress from the worker thread to the GUI thread (queued signal)."""
 
     progressed = Signal(int, int)
+
+
+def _load_models(paths: list[str], device: str, stop: threading.Event) -> list[Any]:
+    from ..checkpoint import load_model
+
+    models = []
+    for path in paths:
+        if stop.is_set():
+            raise StoppedError("prediction stopped")
+        model, _ = load_model(path, device=device)
+        models.append(model)
+    return models
+
+
+def _preview_job(paths: list[str], source: Any, index: int, **kwargs: Any) -> _Job:
+    """Worker body: read one slice of a lazy image and predict it on its own."""
+    image = source[index]
+    if hasattr(image, "compute"):
+        image = image.compute()
+    job = _predict_job(paths, np.asarray(image), slice_index=None, **kwargs)
+    job.preview = index
+    return job
+
+
+def _predict_zarr_job(
+    paths: list[str],
+    source: Any,
+    out: Path,
+    name: str,
+    *,
+    spacing: tuple[float, ...] | None,
+    device: str,
+    tile_size: int,
+    tta: bool,
+    mode: str,
+    probabilities: bool,
+    stop: threading.Event,
+    relay: _ProgressRelay,
+) -> _ZarrJob:
+    """Worker body: predict ``source`` block by block into ``out/labels/<name>``.
+
+    Nothing but one block (plus halo) is in memory at a time; ``instances`` labels are made by
+    a second pass over slabs of whole slices.  Touches no layer.
+    """
+    from ..chunked import (
+        _chunks_of,
+        create_ome_zarr_image,
+        create_ome_zarr_labels,
+        default_chunks,
+        instance_labels_chunked,
+        ngff_version_for,
+        predict_chunked,
+    )
+
+    models = _load_models(paths, device, stop)
+    shape = tuple(int(n) for n in source.shape)
+    chunks = _chunks_of(source) or default_chunks(shape)
+    version = ngff_version_for(out)
+    dtype = "uint32" if mode == "instances" else "uint8"
+    labels = create_ome_zarr_labels(out, name, shape, chunks=chunks, dtype=dtype,
+                                    spacing=spacing, ngff_version=version)
+    prob_path = probabilities_path(out) if probabilities else None
+    prob = None
+    if prob_path is not None:
+        prob = create_ome_zarr_image(prob_path, shape, "float32", chunks=chunks,
+                                     spacing=spacing, name="probabilities",
+                                     ngff_version=version)
+    share = 0.9 if mode == "instances" else 1.0
+
+    def blocks_done(done: int, total: int) -> None:
+        relay.progressed.emit(int(PROGRESS_TOTAL * share * done / max(total, 1)), PROGRESS_TOTAL)
+
+    predict_chunked(
+        models, source, prob, labels_target=labels, threshold=THRESHOLD, tile_size=tile_size,
+        overlap=min(64, tile_size // 4), tta=tta, device=device, progress=blocks_done,
+        should_stop=stop.is_set,
+    )
+    instances = None
+    if mode == "instances":
+        def slabs_done(done: int, total: int) -> None:
+            frac = share + (1.0 - share) * done / max(total, 1)
+            relay.progressed.emit(int(PROGRESS_TOTAL * frac), PROGRESS_TOTAL)
+
+        instances = instance_labels_chunked(labels, progress=slabs_done,
+                                            should_stop=stop.is_set)
+    return _ZarrJob(out / "labels" / name, prob_path, list(paths), mode, instances)
 
 
 def _predict_job(
@@ -134,16 +260,10 @@ def _predict_job(
     relay: _ProgressRelay,
 ) -> _Job:
     """Worker body: load the checkpoints, predict, threshold.  Touches no layer."""
-    from ..checkpoint import load_model
     from ..inference import predict
     from ..postprocess import labels_from_probabilities
 
-    models = []
-    for path in paths:
-        if stop.is_set():
-            raise StoppedError("prediction stopped")
-        model, _ = load_model(path, device=device)
-        models.append(model)
+    models = _load_models(paths, device, stop)
     slices = None if slice_index is None else [slice_index]
     result = predict(
         models, image, tile_size=tile_size, overlap=min(64, tile_size // 4), tta=tta,
@@ -332,9 +452,10 @@ class PredictWidget(QWidget):
     """Predict foreground probabilities and labels of an image layer.
 
     Public API: :meth:`predict_stack`, :meth:`predict_current_slice`, :meth:`stop`,
-    :meth:`is_running`; ``checkpoint_list`` (a :class:`CheckpointList`); signals
-    ``finished(dict)`` (``{"layers": {kind: name}, "slice": int | None, "checkpoints":
-    [...]}``), ``failed(WorkerFailed)`` and ``stopped()``.
+    :meth:`is_running`, :meth:`zarr_output`; ``checkpoint_list`` (a :class:`CheckpointList`),
+    ``zarr_edit`` (the OME-Zarr output path); signals ``finished(dict)`` (``{"layers": {kind:
+    name}, "slice": int | None, "checkpoints": [...]}``, plus ``"ome_zarr"``: the labels group
+    written, for block-wise predictions), ``failed(WorkerFailed)`` and ``stopped()``.
     """
 
     finished = Signal(object)
@@ -349,6 +470,7 @@ class PredictWidget(QWidget):
         self._progress: _Progress | None = None
         self._relay: _ProgressRelay | None = None
         self._target: tuple[Any, int | None] | None = None
+        self._zarr_out: Path | None = None
         self._build()
         prefer_source_image(self.image_combo, self.viewer)
         self.destroyed.connect(self._stop_event.set)
@@ -407,6 +529,30 @@ class PredictWidget(QWidget):
         form.addRow("Labels", self.mode_combo)
         root.addWidget(settings_box)
 
+        out_box = QGroupBox("OME-Zarr output")
+        form = QFormLayout(out_box)
+        self.zarr_edit = PathEdit(
+            "file", save=True, filter="OME-Zarr (*.zarr);;All files (*)",
+            tooltip=(
+                "Optional .zarr folder. When set, 'Predict stack' predicts block by block and "
+                "writes the labels into <folder>/labels/<image name> (OME-Zarr image-label "
+                "metadata; an existing OME-Zarr image gets the labels added), then shows them "
+                "lazily from there. Empty: in-memory images get an in-memory result; lazy "
+                "images (dask, zarr, multiscale) always take the block-wise route and write to "
+                "~/napari-fcres/predictions/<image>.zarr, because an in-memory result of a "
+                "huge volume would defeat the purpose"
+            ),
+        )
+        self.zarr_edit.changed.connect(self._update_placeholder)
+        form.addRow("Write to", self.zarr_edit)
+        self.zarr_prob_check = QCheckBox("Also write probabilities")
+        self.zarr_prob_check.setToolTip(
+            "With an OME-Zarr output: also write the float32 probabilities block by block to "
+            "<folder>_probabilities.zarr and show them lazily (4 bytes per voxel on disk)"
+        )
+        form.addRow(self.zarr_prob_check)
+        root.addWidget(out_box)
+
         self.slice_button = QPushButton("Predict current slice")
         self.slice_button.setToolTip(
             "Quick preview: predict only the slice shown in the viewer (undo with Ctrl+Z on "
@@ -433,6 +579,29 @@ class PredictWidget(QWidget):
         root.addWidget(self.status_label)
         root.addStretch(1)
         self.image_combo.layer_changed.connect(self._update_enabled)
+        self.image_combo.layer_changed.connect(self._update_placeholder)
+        self._update_placeholder()
+
+    def _update_placeholder(self, *_: Any) -> None:
+        layer = self.image_combo.layer()
+        if layer is not None and is_lazy_layer(layer):
+            text = f"lazy image: {default_zarr_path(layer.name)}"
+        else:
+            text = "none: the result stays in memory"
+        self.zarr_edit.edit.setPlaceholderText(text)
+
+    def zarr_output(self, layer: Any | None = None) -> Path | None:
+        """Where 'Predict stack' writes OME-Zarr labels for ``layer`` (None: in memory)."""
+        layer = layer if layer is not None else self.image_combo.layer()
+        text = self.zarr_edit.path()
+        if text:
+            out = Path(text)
+            if out.suffix.lower() != ".zarr":
+                raise InputError(f"the OME-Zarr output must be a .zarr folder, got {out}")
+            return out
+        if layer is not None and is_lazy_layer(layer):
+            return default_zarr_path(layer.name)
+        return None
 
     # ------------------------------------------------------------------ state
     def is_running(self) -> bool:
@@ -448,7 +617,7 @@ class PredictWidget(QWidget):
         self.stack_button.setEnabled(ready)
         self.stop_button.setEnabled(running and not self._stop_event.is_set())
         for w in (self.image_combo, self.checkpoint_list, self.device_combo, self.tile_spin,
-                  self.tta_check, self.mode_combo):
+                  self.tta_check, self.mode_combo, self.zarr_edit, self.zarr_prob_check):
             w.setEnabled(not running)
 
     # ------------------------------------------------------------------ actions
@@ -499,29 +668,59 @@ class PredictWidget(QWidget):
             raise InputError(f"checkpoint not found: {missing[0]}")
         if getattr(layer, "rgb", False):
             raise InputError("RGB images are not supported; convert the layer to grey values")
-        image = layer_data(layer)
-        if image.ndim not in (2, 3):
-            raise InputError(f"expected a 2-D image or 3-D stack, got shape {image.shape}")
-        self._stop_event.clear()
-        self._target = (layer, slice_index)
+        source = layer_source(layer)  # nothing loaded yet (dask / zarr stay lazy)
+        shape = tuple(int(n) for n in source.shape)
+        if len(shape) not in (2, 3):
+            raise InputError(f"expected a 2-D image or 3-D stack, got shape {shape}")
+        lazy = is_lazy_layer(layer)
+        if len(shape) == 2:
+            slice_index = None
+        out = self.zarr_output(layer) if slice_index is None else None
+        mode = self.mode_combo.currentText()
+        if out is not None and mode == "largest":
+            raise InputError(
+                "'largest' keeps one 3-D component and needs the whole volume in memory; "
+                "choose 'binary' or 'instances' for lazy images and OME-Zarr output"
+            )
         n = len(paths)
         what = "stack" if slice_index is None else f"slice {slice_index}"
-        if image.ndim == 2:
+        if len(shape) == 2:
             what = "image"
         desc = f"Predicting {what} with {n} model{'s' if n > 1 else ''}"
+        if out is not None:
+            desc += " block by block"
+        common: dict[str, Any] = {
+            "device": str(self.device_combo.currentData() or "cpu"),
+            "tile_size": self.tile_spin.value(), "tta": self.tta_check.isChecked(),
+            "mode": mode,
+        }
+        self._stop_event.clear()
+        self._target = (layer, slice_index)
+        self._zarr_out = out
         self.status_label.setText(desc + " ...")
-        log.info("%s: %s", desc, ", ".join(paths))
+        log.info("%s: %s%s", desc, ", ".join(paths), f" -> {out}" if out else "")
         self._progress = _Progress(desc, self.stop)
         self._relay = _ProgressRelay()
         self._relay.progressed.connect(self._on_progress)
-        self._worker = start_worker(
-            _predict_job, paths, image,
-            device=str(self.device_combo.currentData() or "cpu"),
-            tile_size=self.tile_spin.value(), tta=self.tta_check.isChecked(),
-            mode=self.mode_combo.currentText(), slice_index=slice_index,
-            stop=self._stop_event, relay=self._relay,
-            on_done=self._on_done, on_error=self._on_error, on_finished=self._on_finished,
-        )
+        callbacks: dict[str, Any] = {"on_error": self._on_error, "on_finished": self._on_finished}
+        if out is not None:
+            self._worker = start_worker(
+                _predict_zarr_job, paths, source, out, label_name(layer.name),
+                spacing=_spacing(layer), probabilities=self.zarr_prob_check.isChecked(),
+                stop=self._stop_event, relay=self._relay, on_done=self._on_zarr_done,
+                **common, **callbacks,
+            )
+        elif lazy and slice_index is not None:
+            self._worker = start_worker(
+                _preview_job, paths, source, slice_index, stop=self._stop_event,
+                relay=self._relay, on_done=self._on_done, **common, **callbacks,
+            )
+        else:
+            image = np.asarray(source)  # an in-memory numpy array: no copy
+            self._worker = start_worker(
+                _predict_job, paths, image, slice_index=slice_index, stop=self._stop_event,
+                relay=self._relay, on_done=self._on_done, **common, **callbacks,
+            )
         self._update_enabled()
 
     # ------------------------------------------------------------------ worker callbacks
@@ -531,7 +730,10 @@ class PredictWidget(QWidget):
 
     def _on_error(self, exc: WorkerFailed) -> None:
         if isinstance(exc.original, StoppedError):
-            self.status_label.setText("Prediction stopped; nothing was changed")
+            text = "Prediction stopped; nothing was changed"
+            if self._zarr_out is not None:
+                text = f"Prediction stopped; the OME-Zarr output {self._zarr_out} is incomplete"
+            self.status_label.setText(text)
             notify_info("Prediction stopped")
             self.stopped.emit()
             return
@@ -554,12 +756,15 @@ class PredictWidget(QWidget):
             self.status_label.setText("The image layer was removed; the prediction is dropped")
             return
         try:
-            names = self._show(layer, job)
+            names = self._show_preview(layer, job) if job.preview is not None else \
+                self._show(layer, job)
         except FcresError as exc:
             notify_error(exc, "Cannot show the prediction")
             return
         where = "the stack" if job.slice_index is None else f"slice {job.slice_index}"
-        if layer.ndim == 2:
+        if job.preview is not None:
+            where = f"slice {job.preview} (preview of a lazy image)"
+        elif layer.ndim == 2:
             where = "the image"
         n = len(job.checkpoints)
         msg = f"Predicted {where} with {n} model{'s' if n > 1 else ''}"
@@ -567,19 +772,97 @@ class PredictWidget(QWidget):
             msg += "; bright pixels in the disagreement layer are where to correct first"
         self.status_label.setText(msg)
         log.info(msg)
-        self.finished.emit(
-            {"layers": names, "slice": job.slice_index, "checkpoints": job.checkpoints}
-        )
+        self.finished.emit({"layers": names, "checkpoints": job.checkpoints,
+                            "slice": job.slice_index if job.preview is None else job.preview})
+
+    def _on_zarr_done(self, job: _ZarrJob) -> None:
+        target = self._target
+        layer = target[0] if target else None
+        if layer is None or layer not in self.viewer.layers:
+            self.status_label.setText(
+                f"The image layer was removed; the labels are in {job.labels_path}"
+            )
+            return
+        try:
+            names = self._show_zarr(layer, job)
+        except FcresError as exc:
+            notify_error(exc, "Cannot show the prediction")
+            return
+        n = len(job.checkpoints)
+        msg = (f"Predicted {'the image' if layer.ndim == 2 else 'the stack'} block by block "
+               f"with {n} model{'s' if n > 1 else ''}; labels written to {job.labels_path}")
+        self.status_label.setText(msg)
+        notify_info(msg)
+        self.finished.emit({"layers": names, "slice": None, "checkpoints": job.checkpoints,
+                            "ome_zarr": str(job.labels_path)})
 
     # ------------------------------------------------------------------ layers
+    def _replace(self, kind: str, image_layer: Any) -> None:
+        """Remove the layers an earlier prediction of this image made for ``kind``."""
+        marker = {"image": image_layer.name, "kind": kind}
+        for layer in list(self.viewer.layers):
+            if layer.metadata.get(RESULT_KEY) == marker:
+                self.viewer.layers.remove(layer)
+
+    def _show_zarr(self, image_layer: Any, job: _ZarrJob) -> dict[str, str]:
+        """Add the labels (and probabilities) read back lazily from the OME-Zarr output."""
+        from ..chunked import read_ome_zarr
+
+        geo = _geometry(image_layer)
+        names = layer_names(image_layer.name)
+        shown: dict[str, str] = {}
+        if job.probabilities_path is not None:
+            levels, _ = read_ome_zarr(job.probabilities_path)
+            self._replace("probability-zarr", image_layer)
+            prob = self.viewer.add_image(
+                levels[0], name=names["probability"], colormap="magma",
+                contrast_limits=(0.0, 1.0), opacity=0.6, **geo,
+                metadata={RESULT_KEY: {"image": image_layer.name, "kind": "probability-zarr"},
+                          "source_path": str(job.probabilities_path)},
+            )
+            shown["probability"] = prob.name
+        levels, _ = read_ome_zarr(job.labels_path)
+        self._replace("labels-zarr", image_layer)
+        meta = {"checkpoints": job.checkpoints, "image_layer": image_layer.name,
+                "threshold": THRESHOLD, "mode": job.mode, "ome_zarr": str(job.labels_path)}
+        labels = self.viewer.add_labels(
+            levels[0], name=names["labels"], opacity=0.5, **geo,
+            metadata={RESULT_KEY: {"image": image_layer.name, "kind": "labels-zarr"},
+                      METADATA_KEY: meta, "source_path": str(job.labels_path)},
+        )
+        shown["labels"] = labels.name
+        return shown
+
+    def _show_preview(self, image_layer: Any, job: _Job) -> dict[str, str]:
+        """Show one predicted slice of a lazy image as one-slice layers placed at that slice."""
+        z = int(job.preview or 0)
+        geo = _geometry(image_layer)
+        geo["translate"] = geo["translate"].copy()
+        geo["translate"][0] += z * geo["scale"][0]
+        names = layer_names(image_layer.name)
+        data = {
+            "probability": job.result.probabilities[None],
+            "labels": job.labels[None],
+        }
+        shown: dict[str, str] = {}
+        for kind, arr in data.items():
+            marker = {"image": image_layer.name, "kind": f"{kind}-preview"}
+            self._replace(marker["kind"], image_layer)
+            name = names[kind] + PREVIEW_SUFFIX
+            if kind == "labels":
+                layer = self.viewer.add_labels(arr, name=name, opacity=0.5, **geo)
+            else:
+                layer = self.viewer.add_image(arr, name=name, colormap="magma",
+                                              contrast_limits=(0.0, 1.0), opacity=0.6, **geo)
+            layer.metadata[RESULT_KEY] = marker
+            shown[kind] = layer.name
+        return shown
+
     def _show(self, image_layer: Any, job: _Job) -> dict[str, str]:
         """Add or update the result layers; return ``{kind: layer name}``."""
         z = job.slice_index
         res = job.result
-        geo = {
-            "scale": np.asarray(image_layer.scale),
-            "translate": np.asarray(image_layer.translate),
-        }
+        geo = _geometry(image_layer)
         shown: dict[str, str] = {}
         if res.normalized is not None:
             norm_slice = res.normalized if z is None else res.normalized[z]
@@ -642,7 +925,7 @@ class PredictWidget(QWidget):
 
         from .correct import apply_labels
 
-        shape = tuple(image_layer.data.shape)
+        shape = tuple(layer_source(image_layer).shape)
         z = job.slice_index
         layer = self._find("labels", image_layer, Labels, shape)
         meta = {"checkpoints": job.checkpoints, "image_layer": image_layer.name,
@@ -673,6 +956,20 @@ class PredictWidget(QWidget):
         meta["reference"] = reference
         layer.metadata[METADATA_KEY] = meta
         return layer.name
+
+
+def _geometry(layer: Any) -> dict[str, np.ndarray]:
+    """``scale`` and ``translate`` of ``layer`` (result layers sit on top of the image)."""
+    return {"scale": np.asarray(layer.scale, dtype=float),
+            "translate": np.asarray(layer.translate, dtype=float)}
+
+
+def _spacing(layer: Any) -> tuple[float, ...] | None:
+    """The layer scale as OME-Zarr voxel spacing (None when unusable)."""
+    spacing = tuple(abs(float(s)) for s in layer.scale)
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        return None
+    return spacing
 
 
 def _embed(slice_labels: np.ndarray, z: int, shape: tuple[int, ...]) -> np.ndarray:
