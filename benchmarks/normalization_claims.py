@@ -74,7 +74,7 @@ SHIFTS: dict[str, str] = {
     "noise15": "Gaussian noise, sigma 15 grey levels (clipped)",
 }
 #: ``--models-from DIR`` reads ``DIR/main/<method>/`` for these methods.
-MODELS_FROM_METHODS = ("ours", "fcresnet-standardize", "fcresnet-rescale", "unet")
+MODELS_FROM_METHODS = ("ours", "ours-dice", "fcresnet-standardize", "fcresnet-rescale", "unet")
 SCORE_KEYS = ("v_rand", "v_info", "dice", "pixel_error")
 MAX_HIST_SAMPLES = 200_000
 MEMBRANE_COLOR = "#e8743b"
@@ -308,7 +308,8 @@ def part_range(args: argparse.Namespace, data: dict[str, Any], out: Path) -> dic
                 "name": f"{form}/{arch}", "storage": form, "arch": arch, "data": str(path),
                 "run_dir": str(out / "range" / form / arch), "preset": args.preset,
                 "budget_minutes": args.budget_minutes, "seed": args.seed,
-                "device": args.device, "train_overrides": train_overrides(args.quick),
+                "device": args.device,
+                "train_overrides": {**train_overrides(args.quick), "loss": args.loss},
             })
     log.info("range: %d trainings, %d side by side, each one CPU thread "
              "(torch.set_num_threads(1), OMP_NUM_THREADS=1), %.2f min wall budget each",
@@ -663,6 +664,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("part", nargs="?", default="all", choices=("range", "shift", "fig6", "all"))
     p.add_argument("--preset", default="cpu", choices=("paper", "small", "cpu", "tiny"))
     p.add_argument("--budget-minutes", type=float, default=5.0, help="per training (wall clock)")
+    p.add_argument("--loss", choices=("dice", "bce_dice"), default="bce_dice",
+                   help="training loss (as in benchmarks/isbi_accuracy.py)")
     p.add_argument("--jobs", type=int, default=2, help="trainings side by side, 1 thread each")
     p.add_argument("--archs", default=",".join(DEFAULT_ARCHS),
                    help="comma-separated architectures for 'range' (and 'shift' from it)")
@@ -717,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "data": data["source"], "train_slices": data["train_slices"],
         "test_slices": data["test_slices"], "preset": args.preset,
         "budget_minutes": args.budget_minutes, "jobs": args.jobs, "device": args.device,
-        "seed": args.seed, "quick": args.quick, "torch": torch.__version__,
+        "loss": args.loss, "seed": args.seed, "quick": args.quick, "torch": torch.__version__,
         "cpu_count": os.cpu_count(), "parallel_note": note,
     }
     parts = ("range", "shift", "fig6") if args.part == "all" else (args.part,)

@@ -236,7 +236,7 @@ class _BlockSettings:
     axis: int
     tile_size: int
     overlap: int
-    batch_size: int
+    batch_size: int | None
     tta: bool
     device: str
     threshold: float
@@ -290,7 +290,7 @@ def predict_chunked(
     halo: int | None = None,
     tile_size: int = 512,
     overlap: int = 64,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     tta: bool = False,
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,

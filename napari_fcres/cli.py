@@ -463,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--tile", type=int, default=512, help="tile size in pixels")
     s.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels")
-    s.add_argument("--batch-size", type=int, default=4, help="tiles per batch")
+    s.add_argument("--batch-size", type=int,
+                   help="tiles per forward pass (default: 1 on CPU, fastest there; 4 on GPU)")
     s.add_argument("--axis", type=int, default=0)
     s.add_argument("--slices", help="predict only these slices, e.g. 20-29")
     s.add_argument("--threshold", type=float, default=0.5)

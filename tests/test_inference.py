@@ -280,3 +280,11 @@ def test_load_models_errors(tmp_path):
         load_models([tmp_path])
     with pytest.raises(InputError, match="not found"):
         load_models([tmp_path / "missing.pt"])
+
+
+def test_cpu_default_is_one_tile_per_forward_pass(model):
+    """On the CPU batch 1 measured fastest (BENCHMARKS.md), so it is the default there."""
+    calls: list[tuple[int, int]] = []
+    predict(model, _image((300, 260)), tile_size=256, overlap=64, device="cpu",
+            progress=lambda d, t: calls.append((d, t)))
+    assert [d for d, _ in calls] == [1, 2, 3, 4]  # 2x2 tiles, one per batch
