@@ -8,26 +8,18 @@ loaded whole); an existing OME-Zarr image gets the labels added next to its imag
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .io import write_labels
+from .io import layer_spacing, safe_name, write_labels
 
 log = logging.getLogger(__name__)
 
 
 def _spacing(data: Any, meta: dict[str, Any]) -> tuple[float, ...] | None:
-    scale = meta.get("scale")
-    if scale is None:
-        return None
-    spacing = tuple(abs(float(s)) for s in scale)
-    if len(spacing) != len(data.shape) or not all(s > 0 for s in spacing):
-        log.warning("ignoring layer scale %s for data of shape %s", scale, data.shape)
-        return None
-    return spacing
+    return layer_spacing(meta.get("scale"), len(data.shape))
 
 
 def _write(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
@@ -46,11 +38,6 @@ def write_labels_nifti(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     return _write(path, data, meta)
 
 
-def _label_name(meta: dict[str, Any]) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(meta.get("name") or "").strip()).strip("._")
-    return cleaned or "labels"
-
-
 def write_labels_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """Write a labels layer as OME-Zarr image-label ``<path>/labels/<layer name>``."""
     from .chunked import ngff_version_for, write_ome_zarr_labels
@@ -63,7 +50,7 @@ def write_labels_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         out = out.with_name(out.name + ".zarr")
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a zarr folder")
-    name = _label_name(meta)
+    name = safe_name(meta.get("name") or "", default="labels")
     target = out / "labels" / name
     source = (meta.get("metadata") or {}).get("source_path")
     if source and Path(source).resolve() == target.resolve():

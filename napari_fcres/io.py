@@ -121,6 +121,23 @@ def _check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, .
     return values
 
 
+def layer_spacing(scale: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
+    """A napari layer ``scale`` as voxel spacing, or None (with a warning) when unusable."""
+    if scale is None:
+        return None
+    try:
+        return _check_spacing(tuple(abs(float(s)) for s in scale), ndim)
+    except (InputError, TypeError, ValueError):
+        logger.warning("ignoring layer scale %s for %d-D data", scale, ndim)
+        return None
+
+
+def safe_name(name: str, default: str = "export") -> str:
+    """A file- and zarr-group-friendly version of a layer name (``default`` when empty)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name).strip()).strip("._")
+    return cleaned or default
+
+
 # --------------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------------

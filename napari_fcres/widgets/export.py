@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import FcresError, InputError
+from ..io import safe_name
 from ._common import LayerCombo, PathEdit, layer_data, notify_error, notify_info
 from .predict import prefer_source_image
 
@@ -57,12 +57,6 @@ RECOUNT_MS = 300
 def default_export_dir() -> Path:
     """``~/napari-fcres/training-pairs`` (created on export)."""
     return Path.home() / "napari-fcres" / "training-pairs"
-
-
-def safe_name(name: str) -> str:
-    """A file-name friendly version of a layer name."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip()).strip("._")
-    return cleaned or "export"
 
 
 def pair_paths(folder: Path, name: str, ext: str) -> dict[str, Path]:

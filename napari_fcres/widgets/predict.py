@@ -15,7 +15,6 @@ lazily from there.  The same route is taken for any image when an OME-Zarr outpu
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import FcresError, InputError, StoppedError
+from ..io import layer_spacing, safe_name
 from ._common import (
     LayerCombo,
     PathEdit,
@@ -104,8 +104,7 @@ def default_zarr_path(image_name: str) -> Path:
 
 def label_name(image_name: str) -> str:
     """The ``labels/<name>`` group name of an image's prediction (file-name friendly)."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", image_name.strip()).strip("._")
-    return cleaned or "labels"
+    return safe_name(image_name, default="labels")
 
 
 def probabilities_path(labels_store: str | Path) -> Path:
@@ -966,10 +965,7 @@ def _geometry(layer: Any) -> dict[str, np.ndarray]:
 
 def _spacing(layer: Any) -> tuple[float, ...] | None:
     """The layer scale as OME-Zarr voxel spacing (None when unusable)."""
-    spacing = tuple(abs(float(s)) for s in layer.scale)
-    if not all(np.isfinite(s) and s > 0 for s in spacing):
-        return None
-    return spacing
+    return layer_spacing(layer.scale, layer.ndim)
 
 
 def _embed(slice_labels: np.ndarray, z: int, shape: tuple[int, ...]) -> np.ndarray:
