@@ -502,7 +502,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: tiny preset, seconds of budget, 64x64 crops of 6 slices")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--loss", choices=["dice", "bce_dice"], default="bce_dice",
+    p.add_argument("--loss", choices=["dice", "bce_dice"], default="dice",
                    help="training loss of our models; 'ours-dice' always uses the paper's "
                         "Dice loss (eq. 2)")
     p.add_argument("--tta", action="store_true", help="8-fold test-time augmentation (ours)")

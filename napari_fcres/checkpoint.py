@@ -29,8 +29,20 @@ FORMAT = "napari-fcres-checkpoint"
 FORMAT_VERSION = 1
 
 
+#: Test hook: ``NAME:N`` SIGKILLs this process in the N-th write of a checkpoint called
+#: NAME, after the temporary file is complete and before it replaces ``NAME``.
+KILL_IN_WRITE_ENV = "NAPARI_FCRES_TEST_KILL_IN_WRITE"
+_writes: dict[str, int] = {}
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (plus format tag and version) atomically to ``path``."""
+    """Write ``payload`` (plus format tag and version) atomically to ``path``.
+
+    The data go to a temporary file in the same folder, are flushed and fsync'ed, and
+    the file then replaces ``path`` in one ``os.replace``; the folder is fsync'ed too.
+    A process killed at any moment leaves either the old or the new checkpoint, never
+    a truncated one (at worst an orphaned ``.NAME.XXXX.tmp``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "format_version": FORMAT_VERSION,
@@ -41,11 +53,43 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
             torch.save(data, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        _maybe_kill_in_write(path.name)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _maybe_kill_in_write(name: str) -> None:
+    spec = os.environ.get(KILL_IN_WRITE_ENV)
+    if not spec:
+        return
+    target, _, count = spec.rpartition(":")
+    if target != name:
+        return
+    _writes[name] = _writes.get(name, 0) + 1
+    if _writes[name] == int(count):
+        import signal
+
+        log.warning("%s: killing this process in write %d of %s", KILL_IN_WRITE_ENV,
+                    _writes[name], name)
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .config import ARCHITECTURES, PRESET_HELP, PRESETS, Config, config_from_mapping
+from .config import ARCHITECTURES, PRESET_HELP, PRESETS, SELECT_BY, Config, config_from_mapping
 from .errors import FcresError, InputError
 
 log = logging.getLogger("napari_fcres")
@@ -123,6 +123,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def build_train_config(args: argparse.Namespace) -> Config:
     """Preset/YAML config with the command-line overrides applied."""
+    return config_from_mapping(train_request(args))
+
+
+def train_request(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``fcres train`` asks for: the ``--config`` YAML and the flags given, nested."""
     raw: dict[str, Any] = {}
     if args.config:
         import yaml
@@ -145,7 +150,8 @@ def build_train_config(args: argparse.Namespace) -> Config:
     raw["model"] = model
     train = dict(raw.get("train") or {})
     for key in ("epochs", "max_minutes", "ensemble", "device", "seed", "batch_size", "crop_size",
-                "lr", "loss", "steps_per_epoch", "patience", "val_every", "val_fraction"):
+                "lr", "loss", "steps_per_epoch", "patience", "val_every", "val_fraction",
+                "select_by"):
         value = getattr(args, key, None)
         if value is not None:
             train[key] = value
@@ -160,16 +166,20 @@ def build_train_config(args: argparse.Namespace) -> Config:
     if args.partial:
         data["partial"] = True
     raw["data"] = data
-    return config_from_mapping(raw)
+    return raw
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from .cli_progress import TrainBar, score_name
     from .distributed import init_from_env
     from .training import train
 
-    cfg = build_train_config(args)
+    if args.resume:  # the run's stored config; train() refuses flags that change it
+        from .resume import resume_request
+
+        cfg = resume_request(args.out, train_request(args))
+    else:
+        cfg = build_train_config(args)
     image = load_source(args.image).data
     labels = load_source(args.labels).data
     slices = parse_slices(args.slices, image.shape[cfg.data.axis] if image.ndim == 3 else None)
@@ -178,34 +188,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     log.info("training %s/%s on %s %s, %d member(s) -> %s", cfg.model.preset,
              cfg.model.architecture, image.shape, image.dtype, cfg.train.ensemble, args.out)
     dist = init_from_env(cfg.train.device)  # torchrun: DDP over WORLD_SIZE ranks
-    bar = tqdm(total=1000, unit="‰", desc="train", disable=args.quiet or not dist.is_main,
-               dynamic_ncols=True)
     gen = train(cfg, image, labels, args.out, resume=args.resume, init_checkpoint=args.init,
                 dist=dist, ensemble_parallel=args.ensemble_parallel)
-    result = None
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as stop:
-            result = stop.value
-            break
-        except BaseException:
-            dist.close()
-            raise
-        bar.n = int(p.fraction * 1000)
-        post = {"member": f"{p.member + 1}/{p.n_members}", "epoch": p.epoch}
-        if p.loss is not None:
-            post["loss"] = f"{p.loss:.4f}"
-        if p.best_val_dice is not None:
-            post["best_val_dice"] = f"{p.best_val_dice:.4f}"
-        bar.set_postfix(post, refresh=False)
-        bar.update(0)
-    bar.close()
+    name = "Dice"  # of the score that keeps best.pt, as the members report it
+    # the bar is drawn at the first report, once the inputs have been validated
+    with TrainBar(cfg.train.max_minutes, disable=args.quiet or not dist.is_main) as bar:
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            except BaseException:
+                bar.close()
+                dist.close()
+                raise
+            bar.update(p)
+            if p.kind != "done":
+                name = score_name(p)
     dist.close()
     if not dist.is_main:
         return 0
     for path, score in zip(result.best_checkpoints, result.best_val_dice, strict=True):
-        print(f"{path}\tbest validation Dice {score:.4f}")
+        print(f"{path}\tbest validation {name} {score:.4f}")
     return 0
 
 
@@ -295,28 +300,154 @@ def _predict_chunked(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- evaluate
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .metrics import segmentation_scores
+#: File formats whose header carries a voxel spacing in mm (SimpleITK), by reader format name.
+_SCAN_FORMATS = {"nii": "NIfTI", "nii.gz": "NIfTI", "mha": "MetaImage", "mhd": "MetaImage",
+                 "nrrd": "NRRD", "nhdr": "NRRD", "dcm": "DICOM", "dicom": "DICOM"}
+#: Spellings of mm in TIFF / OME metadata: a stack with spacing in mm is a scan, not EM (cm
+#: and inch are left out: they mostly come from a default 72 dpi resolution tag).
+_SCAN_UNITS = {"mm": "mm", "millimeter": "mm", "millimetre": "mm"}
+_UNITS = {**_SCAN_UNITS, "micron": "um", "um": "um", "µm": "um", "\\u00b5m": "um",
+          "micrometer": "um", "micrometre": "um", "nm": "nm", "nanometer": "nm",
+          "nanometre": "nm", "centimeter": "cm", "meter": "m"}
 
-    pred = load_source(args.prediction).data
-    labels = load_source(args.labels).data
+
+def _unit_of(vol: Any) -> str | None:
+    """Length unit of a volume's spacing: mm for scan formats, else the one the file names."""
+    meta = vol.metadata or {}
+    if meta.get("format") in _SCAN_FORMATS:
+        return "mm"
+    unit = meta.get("unit")
+    if unit is None:  # OME-Zarr: one unit per space axis
+        units = {a.get("unit") for a in meta.get("axes") or [] if isinstance(a, dict)
+                 and a.get("type") in ("space", None)} - {None}
+        unit = units.pop() if len(units) == 1 else None
+    return None if unit is None else _UNITS.get(str(unit).strip().lower(), str(unit))
+
+
+def _choose_measures(requested: str, vols: dict[str, Any], ndim: int,
+                     spacing_given: bool) -> tuple[str, str]:
+    """``(measures, reason)``: ``em``, ``volume`` or ``all``, and why (see ``--measures``)."""
+    if requested != "auto":
+        return requested, f"--measures {requested}"
+    if spacing_given:
+        return "volume", "auto: --spacing given"
+    for role, vol in vols.items():
+        fmt = (vol.metadata or {}).get("format")
+        is_, has = ("are", "have") if role == "labels" else ("is", "has")
+        if fmt in _SCAN_FORMATS:
+            return "volume", (f"auto: the {role} {is_} a {_SCAN_FORMATS[fmt]} scan with voxel "
+                              "spacing")
+        if vol.spacing is not None and _unit_of(vol) == "mm":
+            return "volume", f"auto: the {role} {has} voxel spacing in mm"
+    what = "a 2D image" if ndim == 2 else "an EM-like stack: no scan format, no spacing in mm"
+    return "em", f"auto: {what}"
+
+
+def _format_spacing(spacing: Sequence[float], unit: str | None) -> str:
+    return " x ".join(f"{s:g}" for s in spacing) + f" {unit or '(no unit stored)'}"
+
+
+def _evaluate_spacing(override: Sequence[float] | None, vols: dict[str, Any],
+                      ndim: int) -> tuple[tuple[float, ...] | None, str, str]:
+    """``(spacing, unit, source)`` for the volume measures; None / px when no file has one."""
+    if override:
+        spacing = tuple(float(s) for s in override)
+        if len(spacing) != ndim:
+            raise InputError(f"--spacing has {len(spacing)} values but the images have {ndim} "
+                             "axes; give one voxel size per axis in Z Y X order (mm)")
+        if not all(np.isfinite(s) and s > 0 for s in spacing):
+            raise InputError(f"--spacing values must be positive, got {spacing}")
+        return spacing, "mm", "--spacing"
+    found = [(role, vol) for role, vol in vols.items()
+             if vol.spacing is not None and len(vol.spacing) == ndim]
+    if not found:
+        return None, "px", "none stored in either file: 1 px per axis"
+    if len(found) == 2:
+        (r1, v1), (r2, v2) = found
+        if not np.allclose(v1.spacing, v2.spacing, rtol=1e-4, atol=0.0):
+            raise InputError(
+                f"the prediction {v1.path} has voxel spacing "
+                f"{_format_spacing(v1.spacing, _unit_of(v1))} but the labels {v2.path} have "
+                f"{_format_spacing(v2.spacing, _unit_of(v2))} (Z Y X); resample one onto the "
+                "other, or pass --spacing Z Y X (mm) to choose"
+            )
+    # a scan header's mm wins over a TIFF unit (fcres predict may have written a TIFF)
+    units = [_unit_of(vol) for _, vol in found]
+    unit = "mm" if "mm" in units else next((u for u in units if u), "units")
+    source = "the " + " and ".join(r for r, _ in found) + " header" + "s"[: len(found) > 1]
+    return tuple(float(s) for s in found[0][1].spacing), unit, source
+
+
+def _json_safe(obj: Any) -> Any:
+    """``obj`` with NaN / inf floats as None (strict JSON); numpy scalars as Python ones."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _print_volume_scores(scores: dict[str, Any], unit: str, ndim: int) -> None:
+    print(f"{'abd':12s} {scores['average_boundary_distance']:.4f} {unit}"
+          "  (average boundary distance)")
+    print(f"{'hd95':12s} {scores['hausdorff95']:.4f} {unit}  (95th percentile Hausdorff)")
+    print(f"{'rvd':12s} {scores['relative_volume_difference']:+.2f} %"
+          "  (relative volume difference)")
+    print(f"{'voxels':12s} {scores['voxels_pred']} predicted, {scores['voxels_true']} ground "
+          f"truth (prediction > {scores['threshold']:g})")
+    print(f"{'volume':12s} {scores['volume_pred']:.6g} predicted, {scores['volume_true']:.6g} "
+          f"ground truth ({unit}^{ndim})")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .metrics import evaluate_volume, segmentation_scores
+
+    vols = {"prediction": load_source(args.prediction), "labels": load_source(args.labels)}
+    pred, labels = vols["prediction"].data, vols["labels"].data
     if args.slices:
         labels = _select(labels, parse_slices(args.slices, labels.shape[0]))
     if args.prediction_slices:
         pred = _select(pred, parse_slices(args.prediction_slices, pred.shape[0]))
-    scores = segmentation_scores(pred, labels, threshold=args.threshold,
-                                 foreground_value=args.foreground_value)
+    if pred.shape != labels.shape:
+        raise InputError(f"the prediction has shape {pred.shape} but the labels have shape "
+                         f"{labels.shape}; they must be the same (see --slices)")
+    measures, reason = _choose_measures(args.measures, vols, pred.ndim, bool(args.spacing))
+    scores: dict[str, Any] = {"measures": measures, "measures_rule": reason,
+                              "spacing": None, "unit": None, "spacing_source": "not used"}
+    if measures in ("em", "all"):
+        scores.update(segmentation_scores(pred, labels, threshold=args.threshold,
+                                          foreground_value=args.foreground_value))
+    unit = "px"
+    if measures in ("volume", "all"):
+        spacing, unit, source = _evaluate_spacing(args.spacing, vols, pred.ndim)
+        scores.update(spacing=spacing, unit=unit, spacing_source=source)
+        scores.update(evaluate_volume(pred, labels, spacing, threshold=args.threshold,
+                                      foreground_value=args.foreground_value))
     if args.json:
-        print(json.dumps(scores, indent=2, default=float))
-    else:
-        for key in ("v_rand", "v_info", "dice", "pixel_error"):
-            if key in scores:
-                print(f"{key:12s} {scores[key]:.4f}")
-        if "v_rand_threshold" in scores:
-            print(f"(V_rand at threshold {scores['v_rand_threshold']}, "
-                  f"V_info at {scores['v_info_threshold']})")
+        print(json.dumps(_json_safe(scores), indent=2, allow_nan=False))
+        return 0
+    print(f"{'measures':12s} {measures} ({reason})")
+    if scores["spacing"] is not None:
+        print(f"{'spacing':12s} {_format_spacing(scores['spacing'], unit)} (Z Y X, from "
+              f"{scores['spacing_source']})")
+    elif measures != "em":
+        print(f"{'spacing':12s} none stored in either file: distances in px "
+              "(pass --spacing Z Y X for mm)")
+    for key in ("v_rand", "v_info", "dice", "pixel_error"):
+        if key in scores:
+            print(f"{key:12s} {scores[key]:.4f}")
+    if measures != "em":
+        _print_volume_scores(scores, unit, pred.ndim)
+    for note in scores.get("notes", []):
+        print(f"{'note':12s} {note}")
+    if "v_rand_threshold" in scores:
+        print(f"(V_rand at threshold {scores['v_rand_threshold']}, "
+              f"V_info at {scores['v_info_threshold']})")
     return 0
-
 
 # ----------------------------------------------------------------------------- demo
 
@@ -339,14 +470,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     })
     log.info("demo: training %s on %d synthetic slices for up to %.1f min", args.preset,
              n_train, args.minutes)
-    last = [0.0]
+    last = [time.perf_counter()]
 
     def report(p: Any) -> None:
-        if p.kind == "validation" or time.perf_counter() - last[0] > 10:
+        # the training loop logs every validation itself; between them (a long epoch),
+        # one line every 10 s shows the run is alive
+        if p.kind != "step" or time.perf_counter() - last[0] > 10:
             last[0] = time.perf_counter()
-            log.info("epoch %d step %d loss %s best val Dice %s", p.epoch, p.step,
-                     f"{p.loss:.4f}" if p.loss is not None else "-",
-                     f"{p.best_val_dice:.4f}" if p.best_val_dice is not None else "-")
+            if p.kind == "step":
+                log.info("epoch %d step %d loss %.4f", p.epoch + 1, p.step, p.loss)
 
     result = run_training(cfg, image[:n_train], labels[:n_train], out / "model",
                           on_progress=report)
@@ -434,6 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--loss", choices=["dice", "bce_dice"])
     s.add_argument("--steps-per-epoch", type=int)
     s.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    s.add_argument("--select-by", choices=list(SELECT_BY),
+                   help="validation score that keeps best.pt: dice, v_rand (membrane EM), or "
+                        "auto (default: v_rand when the labels are many cells separated by "
+                        "boundaries, else dice)")
     s.add_argument("--val-every", type=int, help="validate every N epochs")
     s.add_argument("--val-fraction", type=float, help="fraction of slices for validation")
     s.add_argument("--slices", help="train on these slices only, e.g. 0-19")
@@ -442,7 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ignore-value", type=int, help="label value that never counts")
     s.add_argument("--partial", action="store_true",
                    help="partially annotated: 0 unlabeled, 1 background, >=2 foreground")
-    s.add_argument("--resume", action="store_true", help="continue from last.pt in --out")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last.pt, with the config stored "
+                        "there; other flags may change only --epochs, --max-minutes, "
+                        "--patience and --device (anything else is refused)")
     s.add_argument("--init", help="fine-tune from this checkpoint")
     s.add_argument("--freeze-fcresnet", action="store_true",
                    help="with --init: adapt only the pre-processor")
@@ -481,12 +620,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --chunked: dask worker processes (0: in this process)")
     s.set_defaults(func=cmd_predict)
 
-    s = sub.add_parser("evaluate", help="Dice, pixel error, V_rand, V_info")
+    s = sub.add_parser("evaluate", help="Dice, ABD/HD95/RVD for scans, V_rand/V_info for EM")
     s.add_argument("prediction", help="probability map or mask")
     s.add_argument("labels", help="ground truth")
+    s.add_argument("--measures", default="auto", choices=["auto", "em", "volume", "all"],
+                   help="auto (default): volume measures (Dice, average boundary distance, "
+                        "95%% Hausdorff, relative volume difference) when either file is "
+                        "NIfTI/MHA/NRRD/DICOM, stores its spacing in mm, or --spacing is "
+                        "given; else the ISBI EM measures (V_rand, V_info, Dice, pixel error)")
+    s.add_argument("--spacing", type=float, nargs="+", metavar="MM",
+                   help="voxel size in mm per axis, Z Y X (Y X for 2D); overrides the headers")
     s.add_argument("--slices", help="compare against these label slices, e.g. 20-29")
     s.add_argument("--prediction-slices", help="use these slices of the prediction")
-    s.add_argument("--threshold", type=float, default=0.5, help="for Dice and pixel error")
+    s.add_argument("--threshold", type=float, default=0.5,
+                   help="prediction > THRESHOLD is the mask for Dice, pixel error and the "
+                        "volume measures (default 0.5)")
     s.add_argument("--foreground-value", type=int)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_evaluate)

@@ -8,6 +8,7 @@ II of Drozdzal et al. as written; the smaller ones train on a laptop CPU.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,9 @@ Architecture = Literal[
 ARCHITECTURES: tuple[str, ...] = (
     "pipeline", "fcresnet-standardize", "fcresnet-rescale", "fcresnet-raw", "unet"
 )
+WEIGHT_DECAY_MODES: tuple[str, ...] = ("coupled", "decoupled")
+OPTIMIZERS: tuple[str, ...] = ("rmsprop", "adamw")
+SELECT_BY: tuple[str, ...] = ("auto", "dice", "v_rand")
 
 
 @dataclass
@@ -29,6 +33,8 @@ class UNetConfig:
     base: int = 16
     depth: int = 4
     out_kernel: int = 3  # Table I ends with a 3x3 conv; the plain UNet baseline uses 1
+    merge_kernel: int = 3  # linear conv after repeat + merge: 3 (symmetric) or 2 (Table I)
+    input_norm: str = "batch"  # learned input standardization as first layer: batch|instance|none
 
 
 @dataclass
@@ -51,9 +57,15 @@ class ModelConfig:
 
     architecture: str = "pipeline"
     preset: str = "cpu"
+    init: str = "he"  # "he", "glorot" (Keras' default, as in the paper) or "torch"
     preprocessor: UNetConfig = field(default_factory=UNetConfig)
     fcresnet: FCResNetConfig = field(default_factory=FCResNetConfig)
     unet: UNetConfig = field(default_factory=lambda: UNetConfig(base=16, depth=4, out_kernel=1))
+
+
+def same_network(a: ModelConfig, b: ModelConfig) -> bool:
+    """True when two model configs build the same network (the init scheme aside)."""
+    return dataclasses.replace(a, init=b.init) == b
 
 
 @dataclass
@@ -88,14 +100,24 @@ class TrainConfig:
     lr_decay: float = 1e-3  # Keras inverse-time decay per iteration: lr / (1 + decay * it)
     weight_decay: float = 1e-4
     weight_decay_fcresnet: float | None = None  # liver runs: 5e-4 on the FC-ResNet
+    # "coupled": L2 added to the gradient (Keras regularizers, torch's weight_decay);
+    # "decoupled": weights shrink by lr * weight_decay per step, outside RMSprop's scaling
+    weight_decay_mode: str = "decoupled"
+    optimizer: str = "rmsprop"  # "rmsprop" (the paper) or "adamw"
     rmsprop_alpha: float = 0.9  # Keras RMSprop rho
     rmsprop_eps: float = 1e-7
+    # linear learning-rate warm-up over the first steps: RMSprop's first steps are
+    # ~3x lr on every weight (its running average starts at 0) and can kill ReLUs
+    warmup_steps: int = 100
     batch_size: int = 8
     crop_size: int = 256
     epochs: int = 200
     steps_per_epoch: int | None = None  # None: crops covering the training slices once
     max_minutes: float | None = None
-    patience: int = 50  # early stopping on validation Dice, in epochs
+    patience: int = 50  # early stopping on the validation score, in epochs
+    # which validation score keeps best.pt: "dice", "v_rand" (ISBI foreground-restricted
+    # Rand score, for membrane EM) or "auto" (v_rand for stacks of many touching cells)
+    select_by: str = "auto"
     val_fraction: float = 0.2  # 24/6 for 30 slices
     val_every: int = 1
     ensemble: int = 1
@@ -108,6 +130,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loss not in ("dice", "bce_dice"):
             raise InputError(f"unknown loss {self.loss!r}; choose 'dice' or 'bce_dice'")
+        for name, allowed in (("weight_decay_mode", WEIGHT_DECAY_MODES),
+                              ("optimizer", OPTIMIZERS), ("select_by", SELECT_BY)):
+            if getattr(self, name) not in allowed:
+                raise InputError(
+                    f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}"
+                )
         for name in ("batch_size", "crop_size", "epochs", "ensemble", "val_every", "patience"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -130,8 +158,12 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        """Rebuild a config; unknown keys raise :class:`InputError`."""
-        return _build(cls, data, "config")
+        """Rebuild a config; unknown keys raise :class:`InputError`.
+
+        Configs saved before the recipe fix (no ``model.init`` key) get the
+        settings they were trained with, so old checkpoints rebuild their model.
+        """
+        return _build(cls, _with_legacy_defaults(data), "config")
 
     def to_yaml(self, path: str | Path) -> None:
         import yaml
@@ -154,20 +186,47 @@ class Config:
         return config_from_mapping(raw)
 
 
+#: What configs saved before ``model.init`` existed were built and trained with.
+LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {"init": "torch"},
+    "unet_like": {"merge_kernel": 2, "input_norm": "none"},
+    "train": {"weight_decay_mode": "coupled", "select_by": "dice", "warmup_steps": 0},
+}
+
+
+def _with_legacy_defaults(data: Any) -> Any:
+    """Fill in the pre-fix settings for a config mapping saved without ``model.init``."""
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        return data
+    model = data["model"]
+    if "init" in model:
+        return data
+    out = dict(data)
+    model = {**LEGACY_DEFAULTS["model"], **model}
+    for key in ("preprocessor", "unet"):
+        if isinstance(model.get(key), dict):
+            model[key] = {**LEGACY_DEFAULTS["unet_like"], **model[key]}
+    out["model"] = model
+    if isinstance(out.get("train"), dict):
+        out["train"] = {**LEGACY_DEFAULTS["train"], **out["train"]}
+    return out
+
+
 def config_from_mapping(raw: dict[str, Any]) -> Config:
     """Build a config from a (possibly partial) mapping, starting from its preset."""
     model_raw = dict(raw.get("model") or {})
     preset = model_raw.get("preset", "cpu")
     base = preset_config(preset, architecture=model_raw.get("architecture", "pipeline"))
-    merged = _merge(base.to_dict(), raw)
+    merged = merge_nested(base.to_dict(), raw)
     return Config.from_dict(merged)
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_nested(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` laid over it, nested mappings merged key by key."""
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge_nested(out[key], value)
         else:
             out[key] = value
     return out
@@ -245,7 +304,7 @@ def _tiny() -> ModelConfig:
 
 PRESETS = {"paper": _paper, "small": _small, "cpu": _cpu, "tiny": _tiny}
 PRESET_HELP = {
-    "paper": "Tables I and II as written (1.8 M + 11 M parameters); wants a GPU",
+    "paper": "Tables I and II (2.2 M + 11.7 M parameters; 1.8 M with 2x2 merges); wants a GPU",
     "small": "about 2 M parameters; a GPU or a patient CPU",
     "cpu": "fast on a laptop CPU: learns ISBI EM in minutes",
     "tiny": "for tests and smoke runs only",

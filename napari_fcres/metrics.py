@@ -10,8 +10,9 @@ Three families of measures live here:
 * PROMISE12-style volume measures: :func:`volume_scores` (Dice, average boundary
   distance, 95th percentile Hausdorff distance, relative volume difference).
 
-:func:`segmentation_scores` bundles the pixel and ISBI measures; ``fcres evaluate``
-prints its result.
+:func:`segmentation_scores` bundles the pixel and ISBI measures (for EM stacks) and
+:func:`evaluate_volume` the volume measures of a probability map or mask (for 3D scans
+with voxel spacing); ``fcres evaluate`` prints one or both (see its ``--measures``).
 
 ISBI 2012 protocol, per 2D slice and threshold ``th``:
 
@@ -460,6 +461,19 @@ def segmentation_scores(
 # --------------------------------------------------------------------------- volume
 
 
+def _sampling(spacing: Sequence[float], shape: tuple[int, ...]) -> tuple[float, ...]:
+    """Check a per-axis voxel spacing against an array shape; return it as floats."""
+    sampling = tuple(float(s) for s in spacing)
+    if len(sampling) != len(shape):
+        raise InputError(
+            f"spacing has {len(sampling)} values but the masks have {len(shape)} axes "
+            f"(shape {shape})."
+        )
+    if any(not np.isfinite(s) or s <= 0 for s in sampling):
+        raise InputError(f"spacing values must be positive, got {sampling}.")
+    return sampling
+
+
 def _surface(mask: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` with a face neighbour outside it (the array border is outside)."""
     structure = ndi.generate_binary_structure(mask.ndim, 1)
@@ -490,14 +504,7 @@ def volume_scores(
     pred = _as_bool(pred_mask, "pred_mask")
     target = _as_bool(target_mask, "target_mask")
     _check_same_shape(pred, target, "pred_mask", "target_mask")
-    sampling = tuple(float(s) for s in spacing)
-    if len(sampling) != pred.ndim:
-        raise InputError(
-            f"spacing has {len(sampling)} values but the masks have {pred.ndim} axes "
-            f"(shape {pred.shape})."
-        )
-    if any(not np.isfinite(s) or s <= 0 for s in sampling):
-        raise InputError(f"spacing values must be positive, got {sampling}.")
+    sampling = _sampling(spacing, pred.shape)
     if not target.any():
         raise InputError("target_mask is empty; volume scores need a non-empty reference.")
 
@@ -516,10 +523,73 @@ def volume_scores(
         result["hausdorff95"] = float("inf")
         return result
 
+    # Crop to the bounding box of both masks: every surface voxel lies inside it, and the
+    # distance transforms only look for zeros inside the array, so the result is exact.
+    box = ndi.find_objects((pred | target).astype(np.uint8))[0]
+    pred, target = pred[box], target[box]
     surf_pred, surf_true = _surface(pred), _surface(target)
     dist_to_true = ndi.distance_transform_edt(~surf_true, sampling=sampling)
     dist_to_pred = ndi.distance_transform_edt(~surf_pred, sampling=sampling)
     distances = np.concatenate([dist_to_true[surf_pred], dist_to_pred[surf_true]])
     result["average_boundary_distance"] = float(distances.mean())
     result["hausdorff95"] = float(np.percentile(distances, 95))
+    return result
+
+
+def evaluate_volume(
+    prediction: np.ndarray,
+    labels: np.ndarray,
+    spacing: Sequence[float] | None = None,
+    threshold: float = 0.5,
+    *,
+    foreground_value: int | None = None,
+) -> dict:
+    """Volume measures of a probability map or mask against binary labels.
+
+    The prediction is converted as in :func:`isbi_scores` and binarised as
+    ``prediction > threshold``; the labels as in :func:`isbi_scores`. ``spacing`` is the
+    voxel size per axis (``None``: 1 per axis, i.e. pixels). Returns the entries of
+    :func:`volume_scores` plus ``voxels_pred``, ``voxels_true``, ``threshold`` and
+    ``notes`` (a list of sentences). Empty masks do not raise:
+
+    * empty prediction, non-empty labels: Dice 0, distances ``inf``, RVD -100 %;
+    * empty labels, non-empty prediction: Dice 0, distances ``inf``, RVD ``inf``;
+    * both empty: Dice 1, distances and RVD ``nan``;
+
+    each with a note saying which measures are infinite or undefined.
+    """
+    prob = _as_probability(prediction)
+    labels = np.asarray(labels)
+    _check_same_shape(prob, labels, "prediction", "labels")
+    target = _foreground(labels, foreground_value)
+    pred = prob > float(threshold)
+    sampling = _sampling((1.0,) * pred.ndim if spacing is None else spacing, pred.shape)
+    n_pred, n_true = int(np.count_nonzero(pred)), int(np.count_nonzero(target))
+    notes: list[str] = []
+    if n_true:
+        result = volume_scores(pred, target, sampling)
+        if not n_pred:
+            notes.append(
+                f"the prediction is empty (no voxel above threshold {float(threshold):g}): "
+                "boundary distances are infinite, RVD is -100 %"
+            )
+    else:
+        voxel = float(np.prod(sampling))
+        undefined = float("inf") if n_pred else float("nan")
+        result = {
+            "dice": dice(pred, target),
+            "relative_volume_difference": undefined,
+            "volume_pred": n_pred * voxel,
+            "volume_true": 0.0,
+            "average_boundary_distance": undefined,
+            "hausdorff95": undefined,
+        }
+        if n_pred:
+            notes.append("the ground truth is empty: boundary distances and RVD are infinite")
+        else:
+            notes.append(
+                "ground truth and prediction are both empty: boundary distances and RVD "
+                "are undefined"
+            )
+    result.update(voxels_pred=n_pred, voxels_true=n_true, threshold=float(threshold), notes=notes)
     return result

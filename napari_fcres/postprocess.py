@@ -178,8 +178,15 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def merge_labels(labels: np.ndarray, a: int, b: int) -> np.ndarray:
-    """A copy of ``labels`` where label ``b`` becomes label ``a``."""
+def merge_labels(labels: np.ndarray, a: int, b: int, close_gap: int = 0) -> np.ndarray:
+    """A copy of ``labels`` where label ``b`` becomes label ``a``.
+
+    ``close_gap`` > 0 also gives label ``a`` the background (0) between the two labels, in
+    gaps up to that many pixels wide (per 2-D slice of a stack): a pixel is filled when its
+    distances to the nearest pixel of ``a`` and of ``b`` add up to at most ``close_gap + 1``.
+    Without it a merge changes only label ids, and a foreground mask of the result (what
+    training learns from) still shows two objects with a seam between them.
+    """
     labels = _check_labels(labels)
     if a == b:
         raise InputError(f"cannot merge label {a} with itself")
@@ -187,9 +194,38 @@ def merge_labels(labels: np.ndarray, a: int, b: int) -> np.ndarray:
         raise InputError("cannot merge the background (0) into a label; pick two labels")
     if not np.any(labels == b):
         raise InputError(f"label {b} is not in the labels")
+    if close_gap < 0:
+        raise InputError(f"close_gap must be non-negative, got {close_gap}")
     out = labels.copy()
+    if close_gap:
+        planes_in = labels if labels.ndim == 3 else labels[None]
+        planes_out = out if out.ndim == 3 else out[None]
+        for src, dst in zip(planes_in, planes_out, strict=True):
+            _fill_gap(src, dst, a, b, close_gap)
     out[labels == b] = a
     return out
+
+
+def _fill_gap(src: np.ndarray, dst: np.ndarray, a: int, b: int, gap: int) -> None:
+    """Give ``a`` the background of ``src`` between labels ``a`` and ``b`` (writes ``dst``)."""
+    ma, mb = src == a, src == b
+    if not (ma.any() and mb.any()):
+        return
+    rs, cs = np.nonzero(ma | mb)
+    r0, r1 = max(rs.min() - gap, 0), min(rs.max() + gap + 1, src.shape[0])
+    c0, c1 = max(cs.min() - gap, 0), min(cs.max() + gap + 1, src.shape[1])
+    box = (slice(r0, r1), slice(c0, c1))
+    da, (ar, ac) = ndimage.distance_transform_edt(~ma[box], return_indices=True)
+    db, (br, bc) = ndimage.distance_transform_edt(~mb[box], return_indices=True)
+    # between the two: on (or next to) the straight path from the nearest pixel of ``a`` to
+    # the nearest of ``b``, so the background around the ends of the gap is left alone
+    span = np.hypot(ar - br, ac - bc)
+    fill = (src[box] == 0) & (da + db <= gap + 1) & (da + db <= span + _BETWEEN_TOLERANCE)
+    dst[box][fill] = a
+
+
+#: How far (pixels) the path through a filled gap pixel may exceed the straight one.
+_BETWEEN_TOLERANCE = 0.5
 
 
 def _rasterize_polyline(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -226,9 +262,10 @@ def split_label_along_line(
     ``line_points`` are (K, 2) ``(row, col)`` points, or (K, 3) points of a
     stack (as napari gives them) whose ``axis`` column is the slice index.
     The cut region's 8-connected pieces are found; the largest keeps
-    ``label``, every other piece gets a new id (max + 1, ...).  Line pixels of
-    the region go to the nearest piece.  A line that does not separate the
-    region leaves it unchanged.
+    ``label``, every other piece gets a new id (max + 1, ...).  The line's
+    pixels inside the region become background (0): a seam that a foreground
+    mask of the result keeps, so that training learns the split and not only
+    new ids.  A line that does not separate the region leaves it unchanged.
     """
     labels = _check_labels(labels)
     pts = np.asarray(line_points, dtype=np.float64)
@@ -271,9 +308,6 @@ def split_label_along_line(
     if n <= 1:
         log.info("the line does not split label %d into several pieces", label)
         return out
-    if cut.any():  # line pixels join the nearest piece
-        _, (ir, ic) = ndimage.distance_transform_edt(pieces == 0, return_indices=True)
-        pieces[cut] = pieces[ir[cut], ic[cut]]
     sizes = np.bincount(pieces.ravel())
     sizes[0] = 0
     keep = int(np.argmax(sizes))
@@ -283,6 +317,7 @@ def split_label_along_line(
         out = out.astype(np.promote_types(out.dtype, np.min_scalar_type(new_max)))
         plane = np.moveaxis(out, axis, 0)[slice_index] if labels.ndim == 3 else out
     target = plane[r0:r1, c0:c1]
+    target[cut] = 0  # the seam: background along the cut
     for p in range(1, n + 1):
         if p == keep:
             continue

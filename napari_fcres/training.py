@@ -6,8 +6,10 @@ when ``should_stop()`` turns true or when the caller closes it (napari's
 ``thread_worker.quit()``).  Every member of an ensemble gets its own random
 train/validation split and seed and its own folder ``member_KK/`` holding
 ``best.pt`` (best validation Dice, for prediction) and ``last.pt``
-(everything needed to resume).  Under ``torchrun`` the loop runs on every rank
-with DistributedDataParallel (see :mod:`napari_fcres.distributed`).
+(everything needed to resume, written atomically at the end of every epoch and
+every :data:`CHECKPOINT_INTERVAL_S` within one, so even a killed run resumes).
+Under ``torchrun`` the loop runs on every rank with DistributedDataParallel (see
+:mod:`napari_fcres.distributed`).
 """
 
 from __future__ import annotations
@@ -27,16 +29,33 @@ import torch
 
 from .augment import CropSampler, SliceData
 from .checkpoint import config_of, read_checkpoint, save_checkpoint
-from .config import Config
+from .config import Config, same_network
 from .device import is_out_of_memory, resolve_device, use_amp, use_channels_last_for_training
 from .distributed import DistContext
 from .errors import CheckpointError, InputError, OutOfMemoryError, TrainingError
 from .io import as_binary_labels, check_image_labels, validate_image
 from .losses import LOSSES
-from .metrics import dice
 from .models import NormalizedFCResNet, Pipeline, SegmentationModel, build_model
+from .optim import build_optimizer
+from .resume import (
+    RESUME_CHANGEABLE,
+    config_differences,
+    remove_stale_temp_files,
+    resume_config,
+    write_run_config,
+)
+from .selection import (
+    learned_nothing_message,
+    resolve_selection,
+    trivial_scores,
+    validation_scores,
+)
 
 log = logging.getLogger(__name__)
+
+#: ``last.pt`` is rewritten at the end of every epoch and, within a long epoch, after the
+#: first step that finds this many seconds passed since the last write (tests shorten it).
+CHECKPOINT_INTERVAL_S = 300.0
 
 
 @dataclass
@@ -52,7 +71,9 @@ class TrainProgress:
     steps_per_epoch: int
     loss: float | None = None
     val_dice: float | None = None
-    best_val_dice: float | None = None
+    best_val_dice: float | None = None  # best validation score by ``metric`` (Dice or V_rand)
+    metric: str = "dice"  # the score that keeps best.pt: "dice" or "v_rand"
+    val_score: float | None = None  # this validation's score by ``metric``
     best_epoch: int | None = None
     lr: float | None = None
     elapsed: float = 0.0
@@ -67,8 +88,10 @@ class TrainResult:
 
     out_dir: Path
     best_checkpoints: list[Path] = field(default_factory=list)
-    best_val_dice: list[float] = field(default_factory=list)
+    best_val_dice: list[float] = field(default_factory=list)  # best score by ``metric``
     stopped: bool = False
+    metric: str = "dice"
+    warnings: list[str] = field(default_factory=list)  # e.g. a member that learned nothing
 
 
 @dataclass
@@ -79,6 +102,8 @@ class PreparedData:
     target: np.ndarray  # (Z, H, W) float32 0/1
     mask: np.ndarray  # (Z, H, W) bool
     annotated: list[int]
+    metric: str = "dice"  # the validation score that keeps best.pt (see selection.py)
+    crop_size: int = 256  # training crop that fits these slices
 
 
 def prepare_data(image: np.ndarray, labels: np.ndarray, cfg: Config) -> PreparedData:
@@ -102,19 +127,46 @@ def prepare_data(image: np.ndarray, labels: np.ndarray, cfg: Config) -> Prepared
     annotated = [int(i) for i in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(1))]
     if not annotated:
         raise InputError("the labels annotate no pixel at all; paint some labels first")
-    crop = cfg.train.crop_size
-    h, w = image.shape[1:]
-    if h < crop or w < crop:
-        raise InputError(
-            f"image slices are {h}x{w} pixels, smaller than the training crop of {crop}x{crop}; "
-            f"set crop_size to at most {min(h, w)} (CLI: --crop-size)"
-        )
+    crop = fit_crop_size(cfg.train.crop_size, *image.shape[1:], _size_divisor(cfg))
+    metric, why = resolve_selection(cfg.train.select_by, target, mask, annotated)
+    log.info("keeping the checkpoint with the best validation %s: %s",
+             "V_rand" if metric == "v_rand" else "Dice", why)
     return PreparedData(
         np.ascontiguousarray(image, dtype=np.float32),
         np.ascontiguousarray(target, dtype=np.float32),
         np.ascontiguousarray(mask, dtype=bool),
-        annotated,
+        annotated, metric, crop,
     )
+
+
+def _size_divisor(cfg: Config) -> int:
+    """Side multiple the configured network needs (16 for every preset but ``tiny``)."""
+    m = cfg.model
+    pre = 2**m.preprocessor.depth
+    unet = 2**m.unet.depth
+    fcres = 2 ** (1 + len(m.fcresnet.stage_widths))
+    if m.architecture == "pipeline":
+        return max(pre, fcres)
+    return unet if m.architecture == "unet" else fcres
+
+
+def fit_crop_size(crop: int, h: int, w: int, divisor: int) -> int:
+    """``crop``, or the largest multiple of ``divisor`` that fits an ``h`` x ``w`` slice.
+
+    A 189 x 233 MRI slice trains with 176 x 176 crops instead of stopping on the
+    256 x 256 default; the change is logged.
+    """
+    if h >= crop and w >= crop:
+        return crop
+    fitted = (min(h, w) // divisor) * divisor
+    if fitted < divisor:
+        raise InputError(
+            f"image slices are {h}x{w} pixels, smaller than the {divisor}x{divisor} pixels "
+            "this network needs at least; use a smaller preset or larger slices"
+        )
+    log.warning("slices are %dx%d pixels, smaller than the training crop of %dx%d: "
+                "training with %dx%d crops instead", h, w, crop, crop, fitted, fitted)
+    return fitted
 
 
 def split_slices(annotated: Sequence[int], val_fraction: float, seed: int) -> tuple[list, list]:
@@ -130,23 +182,17 @@ def member_seed(seed: int, member: int) -> int:
     return seed + 1000 * member
 
 
-def _lr_lambda(decay: float) -> Callable[[int], float]:
-    return lambda it: 1.0 / (1.0 + decay * it)
+def _lr_lambda(decay: float, warmup_steps: int = 0) -> Callable[[int], float]:
+    """Keras' inverse-time decay, after a linear warm-up of ``warmup_steps``."""
+    def factor(it: int) -> float:
+        warm = min(1.0, (it + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+        return warm / (1.0 + decay * it)
+
+    return factor
 
 
 def _optimizer(model: SegmentationModel, cfg: Config) -> torch.optim.Optimizer:
-    t = cfg.train
-    groups = []
-    pre = [p for p in model.preprocessor_parameters() if p.requires_grad]
-    seg = [p for p in model.segmentation_parameters() if p.requires_grad]
-    if pre:
-        groups.append({"params": pre, "weight_decay": t.weight_decay})
-    if seg:
-        wd = t.weight_decay if t.weight_decay_fcresnet is None else t.weight_decay_fcresnet
-        groups.append({"params": seg, "weight_decay": wd})
-    if not groups:
-        raise TrainingError("nothing to train: every parameter is frozen")
-    return torch.optim.RMSprop(groups, lr=t.lr, alpha=t.rmsprop_alpha, eps=t.rmsprop_eps)
+    return build_optimizer(model, cfg)
 
 
 def _rng_state(gen: torch.Generator) -> dict[str, Any]:
@@ -168,14 +214,14 @@ def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
 
 def validate_model(
     model: SegmentationModel, data: PreparedData, slices: Sequence[int], device: torch.device,
-    tile: int,
-) -> float:
-    """Dice of the thresholded prediction on the validation slices (annotated pixels)."""
+    tile: int, metric: str = "dice",
+) -> dict[str, float]:
+    """Validation scores on ``slices`` (annotated pixels): Dice, and V_rand if it selects."""
     from .inference import predict
 
-    probs = predict(model, data.image[list(slices)], tile_size=tile, device=device).probabilities
-    pred = probs > 0.5
-    return dice(pred, data.target[list(slices)] > 0.5, mask=data.mask[list(slices)])
+    idx = list(slices)
+    probs = predict(model, data.image[idx], tile_size=tile, device=device).probabilities
+    return validation_scores(probs, data.target[idx], data.mask[idx], metric)
 
 
 def train(
@@ -203,12 +249,16 @@ def train(
     cfg = config
     dist = dist or DistContext()
     data = prepare_data(image, labels, cfg)
+    if data.crop_size != cfg.train.crop_size:
+        cfg = replace_train(cfg, crop_size=data.crop_size)
+    if resume:  # the run's stored config; only harmless changes (napari_fcres.resume)
+        cfg = resume_config(out_dir, cfg)
     device = dist.device if dist.enabled and dist.device else resolve_device(cfg.train.device)
     init_state = None
     if init_checkpoint is not None:
         init = read_checkpoint(init_checkpoint)
         init_cfg = config_of(init)
-        if init_cfg.model != cfg.model:
+        if not same_network(init_cfg.model, cfg.model):
             raise CheckpointError(
                 f"{init_checkpoint} holds a {init_cfg.model.preset!r} "
                 f"{init_cfg.model.architecture} model, but the run asks for "
@@ -219,8 +269,8 @@ def train(
         raise InputError("freezing the FC-ResNet needs the 'pipeline' architecture")
     out_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main:
-        cfg.to_yaml(out_dir / "config.yaml")
-    result = TrainResult(out_dir)
+        write_run_config(out_dir, cfg)
+    result = TrainResult(out_dir, metric=data.metric)
     k_members = cfg.train.ensemble
     parallel = ensemble_parallel and dist.enabled
     sequential = math.ceil(k_members / dist.world_size) if parallel else k_members
@@ -234,6 +284,11 @@ def train(
                             resume, init_state, budget, member_dist)
         stopped = yield from runner.run(should_stop)
         done.append((member, runner.best_path, runner.best_val))
+        warning = runner.learned_nothing()
+        if warning:
+            prefix = f"member {member + 1}: " if k_members > 1 else ""
+            result.warnings.append(prefix + warning)
+            log.warning("%s%s", prefix, warning)
         yield runner.progress("member_done", message=f"member {member + 1} done")
         if stopped:
             result.stopped = True
@@ -247,7 +302,9 @@ def train(
     result.best_val_dice = [v for _, _, v in done]
     log.info("training finished: %s", result)
     yield TrainProgress("done", k_members - 1, k_members, 0, cfg.train.epochs, 0, 0,
-                        fraction=1.0, message="stopped" if result.stopped else "finished")
+                        fraction=1.0, metric=data.metric,
+                        message="; ".join(
+                            ["stopped" if result.stopped else "finished", *result.warnings]))
     return result
 
 
@@ -291,7 +348,9 @@ class _MemberRun:
         self.amp = use_amp(device)
         self.model = self.dist.convert_batchnorm(self.model)
         self.opt = _optimizer(self.model, cfg)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(t.lr_decay))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, _lr_lambda(t.lr_decay, t.warmup_steps)
+        )
         self.loss_fn = self.dist.loss(t.loss) if self.dist.enabled else LOSSES[t.loss]
         h, w = data.image.shape[1:]
         crops_per_epoch = len(self.train_slices) * h * w / t.crop_size**2
@@ -303,11 +362,14 @@ class _MemberRun:
         self.step = 0
         self.step_in_epoch = 0
         self.epoch_losses: list[float] = []
-        self.best_val = -1.0
+        self.best_val = -1.0  # best validation score by self.metric
+        self.metric = data.metric
         self.best_epoch = 0
         self.history: list[dict[str, float]] = []
         self.elapsed = 0.0
         self.finished = False
+        if resume and self.dist.is_main:
+            remove_stale_temp_files(folder)  # a write cut short by a kill
         if resume and self.last_path.exists():
             self._resume()
         self.ddp_model = self.dist.wrap(self.model)  # forward pass; self.model for checkpoints
@@ -348,10 +410,12 @@ class _MemberRun:
 
     def _resume(self) -> None:
         ck = read_checkpoint(self.last_path)
-        if config_of(ck).model != self.cfg.model:
+        diffs = config_differences(config_of(ck), self.cfg, ignore=RESUME_CHANGEABLE)
+        if diffs:
             raise CheckpointError(
-                f"{self.last_path} was trained with another model config; "
-                "resume with the same preset or start a new output folder"
+                f"{self.last_path} was trained with another configuration ("
+                + "; ".join(diffs) + "); resume with the run's settings or start a new "
+                "output folder"
             )
         self.model.load_state_dict(ck["model_state"])
         self.opt.load_state_dict(ck["optimizer_state"])
@@ -366,7 +430,14 @@ class _MemberRun:
         self.history = list(ck["history"])
         self.elapsed = float(ck["elapsed_s"])
         self.finished = bool(ck.get("finished", False))
-        log.info("member %d resumed at epoch %d, step %d", self.member, self.epoch, self.step)
+        t = self.cfg.train
+        if self.finished and not (
+            self.epoch >= t.epochs or self.epoch - self.best_epoch >= t.patience
+            or (self.budget_s and self.elapsed >= self.budget_s)
+        ):  # more epochs, minutes or patience than the run ended with: train on
+            self.finished = False
+        log.info("member %d resumed at epoch %d, step %d%s", self.member, self.epoch, self.step,
+                 " (finished)" if self.finished else "")
 
     def _own_rng_state(self, ck: dict[str, Any]) -> dict[str, Any]:
         """This rank's saved random state; a fresh crop stream if the world size changed."""
@@ -392,7 +463,7 @@ class _MemberRun:
         return TrainProgress(
             kind=kind, member=self.member, n_members=t.ensemble, epoch=self.epoch,
             epochs=t.epochs, step=self.step, steps_per_epoch=self.steps_per_epoch,
-            best_val_dice=self.best_val if self.best_val >= 0 else None,
+            best_val_dice=self.best_val if self.best_val >= 0 else None, metric=self.metric,
             best_epoch=self.best_epoch or None, lr=self.sched.get_last_lr()[0],
             elapsed=self.elapsed, fraction=(self.member + frac) / t.ensemble, **kw,
         )
@@ -430,6 +501,7 @@ class _MemberRun:
             return False
         stopped = completed = False
         start = time.perf_counter() - self.elapsed
+        self._saved_at = time.perf_counter()
         try:
             while self.epoch < t.epochs:
                 self._set_train_mode()
@@ -451,6 +523,9 @@ class _MemberRun:
                     self.step += 1
                     self.step_in_epoch += 1
                     self.elapsed = time.perf_counter() - start
+                    since = time.perf_counter() - self._saved_at
+                    if self.dist.any(since >= CHECKPOINT_INTERVAL_S):  # within a long epoch
+                        self._save_last()
                     yield self.progress("step", loss=loss)
                     if self.budget_s and self.dist.any(self.elapsed >= self.budget_s):
                         break
@@ -469,6 +544,8 @@ class _MemberRun:
                 if out_of_time:
                     log.info("member %d: time budget reached at epoch %d", self.member, self.epoch)
                     break
+                if self.epoch < t.epochs:  # the last epoch is saved below, as finished
+                    self._save_last()
             if not stopped:
                 self.finished = True
             completed = True
@@ -483,24 +560,44 @@ class _MemberRun:
             save_checkpoint(self.best_path, self._payload(with_training_state=False))
         return stopped
 
+    def _save_last(self) -> None:
+        """Write the resumable state to ``last.pt`` (a collective: every rank calls it)."""
+        self.rank_rng_states = self.dist.gather_objects(_rng_state(self.gen))
+        if self.dist.is_main:
+            save_checkpoint(self.last_path, self._payload(with_training_state=True))
+        self._saved_at = time.perf_counter()
+
+    def learned_nothing(self) -> str | None:
+        """A warning when the best validation score does not beat a trivial prediction."""
+        if self.best_val < 0 or not self.dist.is_main:
+            return None
+        idx = self.val_slices or self.train_slices
+        trivial = trivial_scores(self.data.target[idx], self.data.mask[idx], self.metric)
+        return learned_nothing_message(self.best_val, self.metric, trivial)
+
     def _validate(self, train_loss: float) -> Generator[TrainProgress, None, None]:
         slices = self.val_slices or self.train_slices
         tile = self.cfg.train.inference_tile
         # rank 0 validates and broadcasts, so early stopping agrees on every rank
-        val = validate_model(self.model, self.data, slices, self.device, tile) \
-            if self.dist.is_main else 0.0
-        val = self.dist.broadcast_float(val)
-        self.history.append({"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
-                             "val_dice": val, "elapsed_s": self.elapsed,
-                             "lr": self.sched.get_last_lr()[0]})
+        scores = validate_model(self.model, self.data, slices, self.device, tile, self.metric) \
+            if self.dist.is_main else {}
+        val = self.dist.broadcast_float(scores.get(self.metric, 0.0))
+        dice_val = scores.get("dice", val)
+        entry = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
+                 "val_dice": dice_val, "elapsed_s": self.elapsed,
+                 "lr": self.sched.get_last_lr()[0]}
+        if self.metric != "dice":
+            entry[f"val_{self.metric}"] = val
+        self.history.append(entry)
         improved = val > self.best_val
         if improved:
             self.best_val, self.best_epoch = val, self.epoch
             if self.dist.is_main:
                 save_checkpoint(self.best_path, self._payload(with_training_state=False))
-        log.info("member %d epoch %d: loss %.4f val dice %.4f%s", self.member, self.epoch,
-                 train_loss, val, " (best)" if improved else "")
-        yield self.progress("validation", loss=train_loss, val_dice=val,
+        extra = f" val {self.metric} {val:.4f}" if self.metric != "dice" else ""
+        log.info("member %d epoch %d: loss %.4f val dice %.4f%s%s", self.member, self.epoch,
+                 train_loss, dice_val, extra, " (best)" if improved else "")
+        yield self.progress("validation", loss=train_loss, val_dice=dice_val, val_score=val,
                             checkpoint=self.best_path if improved else None)
 
 

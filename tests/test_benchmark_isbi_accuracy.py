@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,11 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "isbi_accuracy.py"
+
+# the child writes UTF-8 (UTF-8 mode: its output and files) and we read UTF-8, whatever
+# the locale (a C/ASCII locale would otherwise fail on the scripts' non-ASCII output)
+CHILD_ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUTF8": "1"}
+TEXT = {"text": True, "encoding": "utf-8", "errors": "replace", "env": CHILD_ENV}
 FCRES_METHODS = (
     "ours", "ours-ensemble", "ours-dice", "fcresnet-standardize", "fcresnet-rescale", "unet",
 )
@@ -24,7 +30,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--out", str(out / "res"),
          "--plot", str(out / "vrand.png"), "--jobs", "4"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, timeout=300, **TEXT,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out
@@ -32,7 +38,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_help() -> None:
     done = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True,
-                          text=True, timeout=60)
+                          timeout=60, **TEXT)
     assert done.returncode == 0
     for option in ("--budget-minutes", "--folds", "--methods", "--ensemble", "--jobs",
                    "--quick", "--torch-em-python", "--device", "--out", "--plot"):
@@ -41,11 +47,11 @@ def test_help() -> None:
 
 def test_quick_outputs(quick_run: Path) -> None:
     res = quick_run / "res"
-    report = json.loads((res / "results.json").read_text())
+    report = json.loads((res / "results.json").read_text(encoding="utf-8"))
     assert {"settings", "folds", "summary", "fold_slices"} <= set(report)
     assert report["settings"]["quick"] is True
     assert "fairness" in report["settings"]
-    assert (res / "results.md").read_text().startswith("# ISBI 2012")
+    assert (res / "results.md").read_text(encoding="utf-8").startswith("# ISBI 2012")
     assert (quick_run / "vrand.png").stat().st_size > 0
     rows = report["folds"]["main"]
     assert set(rows) == set(ALL_METHODS)
@@ -57,7 +63,7 @@ def test_quick_outputs(quick_run: Path) -> None:
             continue
         folder = res / "main" / method
         assert (folder / "probabilities.tif").is_file()
-        scores = json.loads((folder / "scores.json").read_text())
+        scores = json.loads((folder / "scores.json").read_text(encoding="utf-8"))
         assert set(SCORE_KEYS) <= set(scores)
         assert set(scores["per_slice"]) >= {"slice", "v_rand", "v_info", "dice", "pixel_error"}
         assert method in report["summary"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "normalization_claims.py"
+
+# the child writes UTF-8 (UTF-8 mode: its output and files) and we read UTF-8, whatever
+# the locale (a C/ASCII locale would otherwise fail on the scripts' non-ASCII output)
+CHILD_ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUTF8": "1"}
+TEXT = {"text": True, "encoding": "utf-8", "errors": "replace", "env": CHILD_ENV}
 
 
 def _load_module():
@@ -45,12 +51,12 @@ def test_quick_all_writes_results(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "all", "--out", str(out),
          "--plot-dir", str(plots)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, timeout=300, **TEXT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Raw-range robustness" in proc.stdout
-    results = json.loads((out / "results.json").read_text())
-    assert (out / "results.md").read_text().startswith("# ")
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert (out / "results.md").read_text(encoding="utf-8").startswith("# ")
     for name in ("normalization_fig6.png", "normalization_range.png",
                  "normalization_shift.png"):
         assert (plots / name).stat().st_size > 0, name

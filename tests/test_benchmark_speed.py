@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,11 @@ from napari_fcres.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "speed.py"
+
+# the child writes UTF-8 (UTF-8 mode: its output and files) and we read UTF-8, whatever
+# the locale (a C/ASCII locale would otherwise fail on the scripts' non-ASCII output)
+CHILD_ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUTF8": "1"}
+TEXT = {"text": True, "encoding": "utf-8", "errors": "replace", "env": CHILD_ENV}
 
 
 def _load_module():
@@ -59,11 +65,11 @@ def test_quick_all_writes_results(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "all", "--device", "cpu", "--out", str(out),
          "--history", str(ck.parent.parent)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, timeout=300, **TEXT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
-    assert (out / "results.md").read_text().startswith("# Speed and memory")
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert (out / "results.md").read_text(encoding="utf-8").startswith("# Speed and memory")
     assert results["quick"] is True
     assert results["runs"][-1]["parts"] == ["train", "infer", "memory"]
     for key in ("cpu", "cpu_cores", "torch", "torch_threads", "gpu"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -34,7 +35,8 @@ def test_every_subcommand_has_help(capsys):
 def test_info_paper_json(capsys):
     assert main(["info", "--preset", "paper", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert 1.75e6 < info["parts"]["preprocessor"]["parameters"] < 1.9e6
+    # Table I's 1.8 M with 2x2 merge convolutions; our symmetric 3x3 merges make it 2.16 M
+    assert info["parts"]["preprocessor"]["parameters"] == 2_158_547
     assert 10.5e6 < info["parts"]["fcresnet"]["parameters"] < 12.5e6
     assert info["parts"]["preprocessor"]["conv_layers"] == 23
 
@@ -112,11 +114,16 @@ def test_errors_are_one_line_not_tracebacks(stack_files, tmp_path, capsys):
     assert rc == 0
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
+def test_demo_runs_end_to_end(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="napari_fcres")
     out = tmp_path / "demo"
     assert main(["-q", "demo", "--out", str(out), "--preset", "tiny", "--epochs", "1",
                  "--minutes", "0.2", "--device", "cpu"]) == 0
     assert "V_rand" in capsys.readouterr().out
+    # the one epoch's validation is reported once (the training loop's line), not twice
+    val_lines = [r.getMessage() for r in caplog.records
+                 if "epoch" in r.getMessage() and "val" in r.getMessage().lower()]
+    assert len(val_lines) == 1, val_lines
     for name in ("labels.tif", "probabilities.tif", "normalized.tif", "scores.json"):
         assert (out / name).exists()
     scores = json.loads((out / "scores.json").read_text())

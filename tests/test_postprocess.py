@@ -133,6 +133,21 @@ def test_merge_labels():
         merge_labels(lab.astype(float), 1, 2)
 
 
+def test_merge_closes_the_gap_between_the_labels():
+    lab = np.zeros((2, 12, 16), np.int32)
+    lab[:, 2:10, 1:7] = 3
+    lab[:, 2:10, 9:15] = 4  # a 2-pixel background seam (cols 7, 8) between them
+    lab[1, :, 9:15] = 0  # slice 1: label 4 absent, nothing to close
+    out = merge_labels(lab, 3, 4, close_gap=2)
+    assert (out[0, 2:10, 1:15] == 3).all()  # one object in the foreground mask too
+    assert (out[0, 0] == 0).all() and (out[0, :, 0] == 0).all()  # no growth elsewhere
+    np.testing.assert_array_equal(out[1], lab[1])
+    # a gap wider than close_gap stays: only the ids change
+    wide = merge_labels(lab, 3, 4, close_gap=1)
+    np.testing.assert_array_equal(wide > 0, lab > 0)
+    np.testing.assert_array_equal(merge_labels(lab[0], 3, 4, close_gap=2), out[0])
+
+
 def _square_labels() -> np.ndarray:
     lab = np.zeros((10, 12), np.uint16)
     lab[1:9, 1:11] = 5
@@ -147,8 +162,11 @@ def test_split_along_vertical_line():
     assert set(np.unique(out)) == {0, 2, 5, 6}
     # the larger right part (cols 5..10) keeps the id, the left part (cols 1..3) is new
     assert (out[1:9, 6:11] == 5).all() and (out[1:9, 1:4] == 6).all()
-    # line pixels went to a neighbouring piece; nothing of the label was lost
-    np.testing.assert_array_equal(out > 0, lab > 0)
+    # the cut is a background seam: the foreground mask shows two objects
+    assert (out[1:9, 4] == 0).all()
+    expected = lab > 0
+    expected[1:9, 4] = False
+    np.testing.assert_array_equal(out > 0, expected)
     assert lab.max() == 5  # input untouched
 
 
@@ -158,8 +176,14 @@ def test_split_along_diagonal_polyline_breaks_8_connectivity():
     out = split_label_along_line(lab, 5, pts)
     pieces = set(np.unique(out)) - {0, 2}
     assert pieces == {5, 6}
-    assert (out[out > 0] != 0).all()
-    np.testing.assert_array_equal(out > 0, lab > 0)
+    # a background seam along the line separates the pieces (even 8-connected)
+    from scipy import ndimage
+
+    seam = (lab == 5) & (out == 0)
+    assert seam.any() and seam.sum() < 20
+    _, n = ndimage.label(out == 5, structure=np.ones((3, 3)))
+    _, m = ndimage.label((out == 5) | (out == 6), structure=np.ones((3, 3)))
+    assert n == 1 and m == 2
 
 
 def test_split_in_stack_with_3d_points_and_no_op():
@@ -168,6 +192,7 @@ def test_split_in_stack_with_3d_points_and_no_op():
     pts = np.array([[1, 0.0, 4.0], [1, 9.0, 4.0]])
     out = split_label_along_line(lab, 5, pts)
     assert out[1, 4, 2] == 6 and out[0, 4, 2] == 5 and out[2, 4, 2] == 5
+    assert out[1, 4, 4] == 0 and out[0, 4, 4] == 5  # the seam only on the cut slice
     out2 = split_label_along_line(lab, 5, pts[:, 1:], slice_index=1)
     np.testing.assert_array_equal(out, out2)
     # a line that ends inside the region does not split it

@@ -156,6 +156,18 @@ def test_baselines_train(tmp_path, stack, arch):
         assert float(model.scale) == pytest.approx(ct_like.std(), rel=0.2)
 
 
+def test_crop_larger_than_slices_is_fitted(tmp_path, stack, caplog):
+    """A 64x64 stack with a 128 crop trains with the largest crop that fits, and says so."""
+    image, labels = stack
+    cfg = tiny_config(crop_size=128, epochs=1, steps_per_epoch=1)
+    with caplog.at_level("WARNING"):
+        result = run_training(cfg, image[:, :60, :62], labels[:, :60, :62], tmp_path)
+    assert "training with 60x60 crops instead" in caplog.text
+    saved = Config.from_yaml(tmp_path / "config.yaml")
+    assert saved.train.crop_size < 128 and saved.train.crop_size % 4 == 0
+    assert result.best_checkpoints[0].exists()
+
+
 def test_bad_inputs_are_clear_errors(tmp_path, stack):
     image, labels = stack
     cfg = tiny_config()
@@ -163,8 +175,8 @@ def test_bad_inputs_are_clear_errors(tmp_path, stack):
         next(train(cfg, image[:, :32], labels, tmp_path))
     with pytest.raises(InputError):
         next(train(cfg, image, np.zeros_like(labels), tmp_path))
-    with pytest.raises(InputError, match="crop"):
-        next(train(tiny_config(crop_size=128), image, labels, tmp_path))
+    with pytest.raises(InputError, match="at least"):
+        next(train(tiny_config(crop_size=128), image[:, :3, :3], labels[:, :3, :3], tmp_path))
     bad = image.astype(np.float32)
     bad[0, 0, 0] = np.nan
     with pytest.raises(InputError, match="NaN"):

@@ -2,12 +2,15 @@
 # Install napari-fcres (and, with "testing", what the test suite needs).
 #   bash tools/install.sh            # the package, for `fcres` and the napari plugin
 #   bash tools/install.sh testing    # plus pytest, napari[pyqt5] and Qt's system libraries
-# torch: a GPU user's existing build is kept; where none is installed we take
-# torch 2.13.0 (on the project's CI machines that is a CPU wheel on local disk).
+# Where: $PYTHON if set, else the active virtual environment or conda env, else the
+# project's own .venv (made here; `source .venv/bin/activate` to use it afterwards).
+# torch: a torch already in that environment (e.g. a CUDA build) is kept; where none is
+# installed we take torch 2.13.0 (on the project's CI machines a CPU wheel on local disk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-}"
-PY="${PYTHON:-python3}"
+# shellcheck source=tools/python_env.sh
+source tools/python_env.sh
 
 if [ "$extra" = "testing" ]; then
   pkgs="xvfb xauth libgl1 libegl1 libdbus-1-3 libfontconfig1 libxkbcommon-x11-0 libxcb-icccm4
@@ -24,6 +27,7 @@ if [ "$extra" = "testing" ]; then
   fi
 fi
 
+select_python  # sets PY; makes .venv when no environment is active
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install -q "torch==2.13.0"
 fi
@@ -31,4 +35,7 @@ if [ -n "$extra" ]; then
   "$PY" -m pip install -q -e ".[$extra]"
 else
   "$PY" -m pip install -q -e ".[all]"
+fi
+if [ "$PY" = "$PWD/.venv/bin/python" ]; then
+  echo "napari-fcres is installed in $PWD/.venv; enter it with: source .venv/bin/activate" >&2
 fi

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Fresh machine -> installed napari-fcres with test extras -> the whole test suite
-# (GUI tests run under Xvfb through pytest-xvfb).
+# (GUI tests run under Xvfb through pytest-xvfb).  Installs where tools/install.sh does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install.sh testing
-python3 -m pytest -q -p no:cacheprovider "$@"
+# shellcheck source=tools/python_env.sh
+source tools/python_env.sh
+select_python
+"$PY" -m pytest -q -p no:cacheprovider "$@"

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import ARCHITECTURES, ModelConfig
+from ..config import ARCHITECTURES, ModelConfig, UNetConfig
 from ..errors import InputError
 from .fcresnet import FCResNet
+from .init import INIT_SCHEMES, init_weights
 from .unet import UNet
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "build_model",
     "count_parameters",
     "count_conv_layers",
+    "init_weights",
+    "INIT_SCHEMES",
 ]
 
 
@@ -72,7 +75,7 @@ class Pipeline(SegmentationModel):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         p, f = cfg.preprocessor, cfg.fcresnet
-        self.preprocessor = UNet(p.base, p.depth, out_kernel=p.out_kernel)
+        self.preprocessor = _unet(p)
         self.fcresnet = FCResNet(
             1, f.stem_width, f.simple_width, tuple(f.stage_widths), tuple(f.stage_blocks),
             f.across_width, f.across_blocks, f.bottleneck_ratio, f.dropout,
@@ -136,27 +139,40 @@ class PlainUNet(SegmentationModel):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         u = cfg.unet
-        self.unet = UNet(u.base, u.depth, out_kernel=u.out_kernel)
+        self.unet = _unet(u)
         self.size_divisor = self.unet.size_divisor
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         return self.unet(x), None
 
 
+def _unet(u: UNetConfig) -> UNet:
+    return UNet(u.base, u.depth, out_kernel=u.out_kernel, merge_kernel=u.merge_kernel,
+                input_norm=u.input_norm)
+
+
 def build_model(cfg: ModelConfig) -> SegmentationModel:
-    """Build the network a model config describes."""
+    """Build the network a model config describes, initialised by ``cfg.init``."""
+    if cfg.init not in INIT_SCHEMES:
+        raise InputError(f"unknown init {cfg.init!r}; choose one of {', '.join(INIT_SCHEMES)}")
     arch = cfg.architecture
+    model: SegmentationModel
     if arch == "pipeline":
-        return Pipeline(cfg)
-    if arch == "fcresnet-standardize":
-        return NormalizedFCResNet(cfg, "standardize")
-    if arch == "fcresnet-rescale":
-        return NormalizedFCResNet(cfg, "rescale")
-    if arch == "fcresnet-raw":
-        return NormalizedFCResNet(cfg, "raw")
-    if arch == "unet":
-        return PlainUNet(cfg)
-    raise InputError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        model = Pipeline(cfg)
+    elif arch == "fcresnet-standardize":
+        model = NormalizedFCResNet(cfg, "standardize")
+    elif arch == "fcresnet-rescale":
+        model = NormalizedFCResNet(cfg, "rescale")
+    elif arch == "fcresnet-raw":
+        model = NormalizedFCResNet(cfg, "raw")
+    elif arch == "unet":
+        model = PlainUNet(cfg)
+    else:
+        raise InputError(
+            f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}"
+        )
+    init_weights(model, cfg.init)
+    return model
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:

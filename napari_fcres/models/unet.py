@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+INPUT_NORMS = ("none", "batch", "instance")
 
 
 def _double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -16,22 +19,69 @@ def _double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
     )
 
 
+def _merge_conv(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
+    """The linear convolution after "repeat + merge".
+
+    ``kernel=2`` is Table I as written: a 2x2 convolution with Keras "same"
+    padding (one extra row/column at the end), which shifts the map by half a
+    pixel at every level and so is not symmetric under flips.  ``kernel=3`` is
+    the symmetric variant (zero padding on every side).
+    """
+    if kernel == 2:
+        return nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(in_ch, out_ch, 2))
+    if kernel % 2 == 1:
+        return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2))
+    raise ValueError(f"merge_kernel must be 2 (Table I) or odd, got {kernel}")
+
+
+class InputNorm(nn.Module):
+    """The network's first layer: a learned standardization of the raw input.
+
+    ``mode="batch"`` (the default) is a one-channel batch normalization: while
+    training it standardizes each batch of crops and learns the running mean and
+    variance of the raw intensities, plus a gain and an offset; at prediction it
+    applies those learned numbers, so a tile, a whole slice and a block of a
+    larger-than-memory volume all get the same transform.  ``mode="instance"``
+    standardizes every image (every *tile* when predicting) by its own
+    statistics instead: indifferent to per-image brightness, but the prediction
+    then depends on the tiling.  Either way it is part of the trained network
+    (saved in every checkpoint and exported with it): the raw image goes in with
+    no hand-made pre-processing, whatever its storage range (uint8, uint16, HU).
+    """
+
+    def __init__(self, mode: str = "batch", eps: float = 1e-5) -> None:
+        super().__init__()
+        self.mode = mode
+        self.norm = (nn.InstanceNorm2d(1, affine=True, eps=eps) if mode == "instance"
+                     else nn.BatchNorm2d(1, eps=eps))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.float()).to(x.dtype)
+
+
 class UNet(nn.Module):
     """UNet as in Table I.
 
     Contracting path: two 3x3 conv + ReLU per level, 2x2 max-pooling.  Expanding
     path: nearest ("repeat") upsampling, concatenation with the skipped maps, a
-    2x2 convolution without non-linearity, two 3x3 conv + ReLU.  The last layer
-    is a convolution to one channel with no activation (3x3 for the
-    pre-processor, 1x1 logits for the plain UNet baseline).  Inputs must have
-    sides divisible by ``2**depth``; :class:`~napari_fcres.models.SegmentationModel`
+    linear ``merge_kernel`` convolution (2x2 in Table I), two 3x3 conv + ReLU.
+    The last layer is a convolution to one channel with no activation (3x3 for
+    the pre-processor, 1x1 logits for the plain UNet baseline).  ``input_norm``
+    ("batch" or "instance") puts :class:`InputNorm` in front.  Inputs must have sides
+    divisible by ``2**depth``; :class:`~napari_fcres.models.SegmentationModel`
     pads for it.
     """
 
-    def __init__(self, base: int = 16, depth: int = 4, out_kernel: int = 3) -> None:
+    def __init__(
+        self, base: int = 16, depth: int = 4, out_kernel: int = 3, merge_kernel: int = 2,
+        input_norm: str = "none",
+    ) -> None:
         super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
         widths = [base * 2**i for i in range(depth + 1)]
         self.depth = depth
+        self.input_norm = InputNorm(input_norm) if input_norm != "none" else None
         self.down = nn.ModuleList()
         in_ch = 1
         for w in widths[:-1]:
@@ -43,11 +93,7 @@ class UNet(nn.Module):
         self.up = nn.ModuleList()
         for level in reversed(range(depth)):
             below, here = widths[level + 1], widths[level]
-            # Table I: "conv 2x2" after the merge, no non-linearity.
-            # Keras "same" padding of an even kernel: one extra row/column at the end.
-            self.merge_convs.append(
-                nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(below + here, here, 2))
-            )
+            self.merge_convs.append(_merge_conv(below + here, here, merge_kernel))
             self.up.append(_double_conv(here, here))
         self.out = nn.Conv2d(widths[0], 1, out_kernel, padding=out_kernel // 2)
 
@@ -56,6 +102,8 @@ class UNet(nn.Module):
         return 2**self.depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_norm is not None:
+            x = self.input_norm(x)
         skips = []
         for block in self.down:
             x = block(x)
@@ -63,7 +111,7 @@ class UNet(nn.Module):
             x = self.pool(x)
         x = self.across(x)
         for merge, block, skip in zip(self.merge_convs, self.up, reversed(skips), strict=True):
-            x = nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
             x = merge(torch.cat([x, skip], dim=1))
             x = block(x)
         return self.out(x)

@@ -5,8 +5,12 @@ Public API (kept small on purpose):
 * :class:`WorkerFailed` - what every failure inside a worker arrives as.
 * :func:`start_worker` - run a (generator) function in a napari ``thread_worker``;
   every exception raised inside becomes a :class:`WorkerFailed` delivered to ``on_error``.
-* :func:`notify_error` / :func:`notify_info` - napari notifications (plain message for our own
-  errors, traceback button for unexpected ones).
+* :func:`notify_error` / :func:`notify_info` / :func:`notify_warning` - napari notifications
+  (plain message for our own errors, traceback button for unexpected ones).
+* :func:`report_error` / :func:`error_message` - an error in full in a widget's status line
+  (a toast shows only its first few words) and as a notification.
+* :func:`scroll_body` - a dock widget's main layout inside a scroll area, so that docking every
+  widget never grows the window beyond the screen.
 * :class:`LayerCombo` - a combo box of the viewer's layers of one type that follows layer
   insertion, removal and renaming; ``.layer()`` gives the chosen layer.
 * :class:`PathEdit` - a line edit plus "Browse..." button for a file or folder.
@@ -38,14 +42,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QSize, Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
+    QFrame,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -58,6 +66,10 @@ __all__ = [
     "start_worker",
     "notify_error",
     "notify_info",
+    "notify_warning",
+    "report_error",
+    "error_message",
+    "scroll_body",
     "LayerCombo",
     "PathEdit",
     "CheckpointCombo",
@@ -185,6 +197,87 @@ def notify_info(message: str) -> None:
 
     log.info(message)
     show_info(message)
+
+
+def notify_warning(message: str) -> None:
+    """Show a warning notification and log it."""
+    from napari.utils.notifications import show_warning
+
+    log.warning(message)
+    show_warning(message)
+
+
+def error_message(exc: BaseException | str) -> str:
+    """The text :func:`notify_error` shows for ``exc`` (without a context prefix)."""
+    if isinstance(exc, str):
+        return exc
+    if isinstance(exc, WorkerFailed):
+        return exc.message
+    if isinstance(exc, FcresError):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
+
+
+def report_error(status: QLabel | None, exc: BaseException | str, context: str = "") -> None:
+    """Put the whole error message in ``status`` (a widget's status line) and notify it.
+
+    napari's toast cuts a message after a few words; the status line keeps all of it.
+    """
+    text = error_message(exc)
+    if status is not None:
+        try:
+            status.setText(f"{context}: {text}" if context else text)
+        except RuntimeError:  # the widget is gone
+            pass
+    notify_error(exc, context)
+
+
+# ----------------------------------------------------------------------------- layout
+
+#: A dock widget may be squeezed to this height (its content then scrolls).
+MIN_DOCK_HEIGHT = 100
+
+
+class _ScrollArea(QScrollArea):
+    """Scrolls vertically; as wide as its content, as tall as the dock allows."""
+
+    def _extra_width(self) -> int:
+        return self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        body = self.widget()
+        if body is None:
+            return super().minimumSizeHint()
+        hint = body.minimumSizeHint()
+        return QSize(hint.width() + self._extra_width(), min(hint.height(), MIN_DOCK_HEIGHT))
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        body = self.widget()
+        if body is None:
+            return super().sizeHint()
+        hint = body.sizeHint()
+        return QSize(hint.width() + self._extra_width(), hint.height() + 2 * self.frameWidth())
+
+
+def scroll_body(widget: QWidget) -> QVBoxLayout:
+    """The main layout of a dock widget, inside a vertical scroll area.
+
+    The dock asks for its full height when there is room but can be squeezed to
+    :data:`MIN_DOCK_HEIGHT`: with every napari-fcres widget docked, napari's dock area shares
+    the screen height and the widgets scroll instead of pushing the window off the screen.
+    """
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    area = _ScrollArea(widget)
+    area.setObjectName("fcres_scroll")
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    body = QWidget()
+    body.setObjectName("fcres_body")
+    area.setWidget(body)
+    outer.addWidget(area)
+    return QVBoxLayout(body)
 
 
 # ----------------------------------------------------------------------------- workers

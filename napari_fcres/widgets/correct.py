@@ -6,6 +6,11 @@ with :meth:`napari.layers.Labels.data_setitem` (the public API that records hist
 ``layer.redo()``) undo and redo it like a brush stroke.  The live threshold slider previews on
 the shown slice without touching the history and records one step when the slider is released
 (or shortly after the last keyboard / wheel change).
+
+Corrections are made so that training can learn from them: a split leaves a background seam
+along the cut and a merge fills the background gap between the two labels, so the foreground
+mask that fine-tuning uses (labels > 0) changes too, not only the label ids.  Every operation
+works on the slice the viewer shows, whether or not the labels layer is visible.
 """
 
 from __future__ import annotations
@@ -28,12 +33,11 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSlider,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
 from ..errors import FcresError, InputError
-from ._common import LayerCombo, current_slice, layer_data, notify_error
+from ._common import LayerCombo, current_slice, layer_data, report_error, scroll_body
 
 if TYPE_CHECKING:
     import napari
@@ -48,6 +52,8 @@ SCOPES = ("current slice", "whole stack")
 PREVIEW_MS = 40
 #: Record the threshold as one undo step this long after the last keyboard / wheel change.
 COMMIT_MS = 600
+#: Merge fills background gaps up to this many pixels wide between the two labels (default).
+MERGE_GAP = 6
 MODE_HELP = {
     "instances": "connected components as separate labels (per slice)",
     "binary": "one label (1) for all foreground",
@@ -106,6 +112,10 @@ def apply_labels(layer: Any, new: np.ndarray, index: int | None = None) -> int:
            for ax, ix in enumerate(np.nonzero(changed))]
     if index is not None:
         idx.insert(0, np.full(n, index, dtype=_index_dtype(data.shape[0])))
+    if not layer.visible:
+        # napari does not re-slice a hidden layer when the slider moves, and data_setitem
+        # updates the displayed slice it last made (IndexError on a stale slice): slice now
+        layer.set_view_slice()
     with layer.block_history():
         layer.data_setitem(tuple(idx), values.astype(data.dtype, copy=False))
     return n
@@ -233,7 +243,7 @@ class CorrectWidget(QWidget):
     def _build(self) -> None:
         from napari.layers import Image, Labels
 
-        root = QVBoxLayout(self)
+        root = scroll_body(self)
         layers_box = QGroupBox("Layers")
         form = QFormLayout(layers_box)
         self.labels_combo = LayerCombo(self.viewer, Labels)
@@ -343,13 +353,27 @@ class CorrectWidget(QWidget):
         self.merge_b_spin.setValue(2)
         self.merge_b_spin.setToolTip("Label that is merged into the first one and disappears")
         self.merge_button = QPushButton("Merge")
-        self.merge_button.setToolTip("Label B becomes label A (in the chosen scope)")
+        self.merge_button.setToolTip(
+            "Label B becomes label A (in the chosen scope), and the background gap between "
+            "them becomes A: fine-tuning then learns one object, not only a new id"
+        )
         self.merge_button.clicked.connect(lambda: self._guard(self.merge))
+        self.merge_gap_spin = QSpinBox()
+        self.merge_gap_spin.setRange(0, 100)
+        self.merge_gap_spin.setValue(MERGE_GAP)
+        self.merge_gap_spin.setSuffix(" px")
+        self.merge_gap_spin.setSpecialValueText("keep gap")
+        self.merge_gap_spin.setToolTip(
+            "Merge fills background (0) between A and B in gaps up to this wide (e.g. the "
+            "predicted membrane between two halves of one cell); 0 changes only the ids"
+        )
         grid.addWidget(QLabel("A"), 0, 0)
         grid.addWidget(self.merge_a_spin, 0, 1)
         grid.addWidget(QLabel("← B"), 0, 2)
         grid.addWidget(self.merge_b_spin, 0, 3)
         grid.addWidget(self.merge_button, 0, 4)
+        grid.addWidget(QLabel("fill gap up to"), 1, 0, 1, 3)
+        grid.addWidget(self.merge_gap_spin, 1, 3, 1, 2)
         self.draw_line_button = QPushButton("Draw split line")
         self.draw_line_button.setToolTip(
             f"Add (or select) the '{SPLIT_LAYER_NAME}' shapes layer in path mode: click along "
@@ -365,14 +389,15 @@ class CorrectWidget(QWidget):
         )
         self.split_button = QPushButton("Split")
         self.split_button.setToolTip(
-            "Cut the label along the last line drawn on the shown slice: the largest piece "
-            "keeps the id, the others get new ids; the used line is removed"
+            "Cut the label along the last line drawn on the shown slice: the line becomes a "
+            "background seam (what fine-tuning learns the cut from), the largest piece keeps "
+            "the id, the others get new ids; the used line is removed"
         )
         self.split_button.clicked.connect(lambda: self._guard(self.split))
-        grid.addWidget(self.draw_line_button, 1, 0, 1, 2)
-        grid.addWidget(QLabel("label"), 1, 2)
-        grid.addWidget(self.split_label_spin, 1, 3)
-        grid.addWidget(self.split_button, 1, 4)
+        grid.addWidget(self.draw_line_button, 2, 0, 1, 2)
+        grid.addWidget(QLabel("label"), 2, 2)
+        grid.addWidget(self.split_label_spin, 2, 3)
+        grid.addWidget(self.split_button, 2, 4)
         root.addWidget(edit_box)
 
         self.status_label = QLabel("")
@@ -386,8 +411,8 @@ class CorrectWidget(QWidget):
         labels = self.labels_combo.layer()
         has_labels = labels is not None
         for w in (self.remove_small_button, self.fill_button, self.largest_button,
-                  self.relabel_button, self.merge_button, self.draw_line_button,
-                  self.split_button):
+                  self.relabel_button, self.merge_button, self.merge_gap_spin,
+                  self.draw_line_button, self.split_button):
             w.setEnabled(has_labels)
         has_prob = has_labels and self.prob_combo.layer() is not None
         for w in (self.threshold_slider, self.threshold_spin, self.mode_combo):
@@ -441,10 +466,14 @@ class CorrectWidget(QWidget):
         return None
 
     def _guard(self, func: Callable[[], Any]) -> None:
+        """Run a button's action; any failure is a message in the status line, not a crash."""
         try:
             func()
         except FcresError as exc:
-            notify_error(exc, "Correction failed")
+            report_error(self.status_label, exc, "Correction failed")
+        except Exception as exc:  # noqa: BLE001 - e.g. napari refusing an edit: no traceback
+            log.exception("correction failed")
+            report_error(self.status_label, f"{type(exc).__name__}: {exc}", "Correction failed")
 
     def _apply(self, name: str, layer: Any, new: np.ndarray, index: int | None) -> int:
         n = apply_labels(layer, new, index)
@@ -555,7 +584,7 @@ class CorrectWidget(QWidget):
             layer.refresh()
         except FcresError as exc:
             self._preview = None
-            notify_error(exc, "Threshold failed")
+            report_error(self.status_label, exc, "Threshold failed")
 
     def _restore_preview(self) -> Any | None:
         p, self._preview = self._preview, None
@@ -619,7 +648,9 @@ class CorrectWidget(QWidget):
         from ..postprocess import merge_labels
 
         a, b = self.merge_a_spin.value(), self.merge_b_spin.value()
-        return self._operate(f"Merge {b} into {a}", lambda r, i, d: merge_labels(r, a, b))
+        gap = self.merge_gap_spin.value()
+        return self._operate(f"Merge {b} into {a}",
+                             lambda r, i, d: merge_labels(r, a, b, close_gap=gap))
 
     # ------------------------------------------------------------------ split
     def _split_layer(self) -> Any | None:
@@ -688,7 +719,8 @@ class CorrectWidget(QWidget):
                 total_max + int(out.max()) - plane_max)))
             fresh = out > plane_max
             out[fresh] += total_max - plane_max
-        n = self._apply(f"Split label {label}", layer, out, index)
+        n = self._apply(f"Split label {label} (background seam along the cut)", layer, out,
+                        index)
         if n:
             shapes = self._split_layer()
             if shapes is not None and k < len(shapes.data):

@@ -28,13 +28,12 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
 from ..errors import FcresError, InputError
 from ..io import safe_name
-from ._common import LayerCombo, PathEdit, layer_data, notify_error, notify_info
+from ._common import LayerCombo, PathEdit, layer_data, notify_info, report_error, scroll_body
 from .predict import prefer_source_image
 
 if TYPE_CHECKING:
@@ -119,7 +118,7 @@ class ExportWidget(QWidget):
     def _build(self) -> None:
         from napari.layers import Image, Labels
 
-        root = QVBoxLayout(self)
+        root = scroll_body(self)
         data_box = QGroupBox("Training pair")
         form = QFormLayout(data_box)
         self.image_combo = LayerCombo(self.viewer, Image)
@@ -326,6 +325,11 @@ class ExportWidget(QWidget):
         if image is None:
             raise InputError("choose the image layer of the pair")
         labels = self._labels_layer()
+        if getattr(image, "rgb", False):  # before the shapes: (y, x, 3) vs (y, x)
+            raise InputError(
+                f"image {image.name!r} is an RGB (colour) image; a training pair needs one "
+                "grey-value channel: convert the layer to grey values first"
+            )
         ishape, lshape = layer_data(image).shape, layer_data(labels).shape
         if ishape != lshape:
             raise InputError(
@@ -343,7 +347,7 @@ class ExportWidget(QWidget):
         try:
             self.export()
         except (FcresError, OSError) as exc:
-            notify_error(exc, "Export failed")
+            report_error(self.status_label, exc, "Export failed")
 
     def export(self, folder: str | Path | None = None) -> dict[str, Path]:
         """Write the pair (and the JSON note) to ``folder`` (default: the folder field)."""
@@ -393,7 +397,7 @@ class ExportWidget(QWidget):
         try:
             self.fine_tune()
         except FcresError as exc:
-            notify_error(exc, "Cannot fine-tune")
+            report_error(self.status_label, exc, "Cannot fine-tune")
 
     def _find_train_widget(self) -> Any:
         from .train import TrainWidget
@@ -404,34 +408,15 @@ class ExportWidget(QWidget):
                     return widget
         except (AttributeError, RuntimeError):
             pass
-        try:
-            _, widget = self.viewer.window.add_plugin_dock_widget(PLUGIN_NAME, TRAIN_WIDGET_NAME)
+        try:  # tabbed with the other docks: docking one more never grows the window
+            _, widget = self.viewer.window.add_plugin_dock_widget(
+                PLUGIN_NAME, TRAIN_WIDGET_NAME, tabify=True)
             return widget
         except Exception as exc:  # noqa: BLE001 - plugin not registered (e.g. not installed)
             log.info("no registered Train widget (%s); creating one", exc)
         widget = TrainWidget(self.viewer)
-        self.viewer.window.add_dock_widget(widget, name=TRAIN_WIDGET_NAME)
+        self.viewer.window.add_dock_widget(widget, name=TRAIN_WIDGET_NAME, tabify=True)
         return widget
-
-    def _training_layer(self, labels_layer: Any) -> Any:
-        """A hidden layer holding what training reads: the foreground mask (or the labels)."""
-        from napari.layers import Labels
-
-        data = self._training_labels(layer_data(labels_layer))
-        if data is layer_data(labels_layer):
-            return labels_layer
-        name = f"{labels_layer.name} (training)"
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            if isinstance(layer, Labels) and tuple(layer.data.shape) == data.shape:
-                layer.data = data
-                layer.scale, layer.translate = labels_layer.scale, labels_layer.translate
-                return layer
-            self.viewer.layers.remove(layer)
-        return self.viewer.add_labels(
-            data, name=name, visible=False, scale=np.asarray(labels_layer.scale),
-            translate=np.asarray(labels_layer.translate),
-        )
 
     def fine_tune(self) -> Any:
         """Fine-tune on the corrected slices via the Train widget; return that widget."""
@@ -449,12 +434,14 @@ class ExportWidget(QWidget):
         widget = self._find_train_widget()
         if _safe_running(widget):
             raise FcresError("the Train widget is already running; stop it or wait")
-        train_layer = self._training_layer(labels_layer)
+        # what training reads (the foreground mask, or the values as painted) goes to the
+        # Train widget as data: no extra (hidden) layer in the viewer
+        train_labels = self._training_labels(layer_data(labels_layer))
         slices = corrected if layer_data(labels_layer).ndim == 3 else None
         widget.train_on(
-            image_layer, train_layer, slices=slices, init_checkpoint=init,
+            image_layer, labels_layer, slices=slices, init_checkpoint=init,
             freeze_fcresnet=self.freeze_check.isChecked(),
-            partial=False if foreground else None,
+            partial=False if foreground else None, labels_data=train_labels,
         )
         if self.train_widget is not widget:
             widget.finished.connect(self._on_trained)

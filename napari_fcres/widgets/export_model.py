@@ -32,8 +32,9 @@ from ._common import (
     PathEdit,
     WorkerFailed,
     layer_source,
-    notify_error,
     notify_info,
+    report_error,
+    scroll_body,
     start_worker,
 )
 from .predict import CheckpointList, label_name
@@ -92,7 +93,7 @@ class ExportModelWidget(QWidget):
     def _build(self) -> None:
         from napari.layers import Image
 
-        root = QVBoxLayout(self)
+        root = scroll_body(self)
         models_box = QGroupBox("Checkpoints")
         lay = QVBoxLayout(models_box)
         self.checkpoint_list = CheckpointList()
@@ -187,7 +188,7 @@ class ExportModelWidget(QWidget):
         try:
             self.export()
         except FcresError as exc:
-            notify_error(exc, "Cannot export the model")
+            report_error(self.status_label, exc, "Cannot export the model")
 
     def _test_image(self) -> np.ndarray | None:
         """The middle slice of the chosen test image layer (read without loading the rest)."""
@@ -247,8 +248,7 @@ class ExportModelWidget(QWidget):
         self.exported.emit(Path(path))
 
     def _on_error(self, exc: WorkerFailed) -> None:
-        self.status_label.setText(f"Export failed: {exc.message}")
-        notify_error(exc, "Model export failed")
+        report_error(self.status_label, exc, "Model export failed")
         self.failed.emit(exc)
 
     def _on_finished(self) -> None:

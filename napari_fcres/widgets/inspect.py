@@ -23,7 +23,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
     QRadioButton,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -36,7 +35,8 @@ from ._common import (
     device_choices,
     layer_data,
     make_canvas,
-    notify_error,
+    report_error,
+    scroll_body,
     start_worker,
     style_axes,
 )
@@ -179,7 +179,7 @@ class InspectWidget(QWidget):
     def _build(self) -> None:
         from napari.layers import Image, Labels
 
-        root = QVBoxLayout(self)
+        root = scroll_body(self)
         form = QFormLayout()
         self.image_combo = LayerCombo(self.viewer, Image)
         self.image_combo.setToolTip("Raw image layer to feed to the model")
@@ -279,7 +279,7 @@ class InspectWidget(QWidget):
         try:
             self.show_normalization(whole_stack=self.stack_radio.isChecked())
         except FcresError as exc:
-            notify_error(exc, "Cannot inspect")
+            report_error(self.status_label, exc, "Cannot inspect")
 
     def show_normalization(self, whole_stack: bool = False) -> None:
         """Start computing the pre-processor output (current slice or whole stack)."""
@@ -327,8 +327,7 @@ class InspectWidget(QWidget):
         if isinstance(exc.original, StoppedError):
             self.status_label.setText("Stopped")
             return
-        self.status_label.setText(f"Failed: {exc.message}")
-        notify_error(exc, "Inspect failed")
+        report_error(self.status_label, exc, "Inspect failed")
 
     def _on_finished(self) -> None:
         self._worker = None
@@ -347,18 +346,37 @@ class InspectWidget(QWidget):
         self.status_label.setText(text)
 
     def normalized_layer_name(self, layer: Any) -> str:
-        return f"normalized ({layer.name})"
+        """``"<image> normalized"``: the same layer the Predict widget fills."""
+        from .predict import layer_names
+
+        return layer_names(layer.name)["normalized"]
+
+    def _normalized_layer(self, image_layer: Any, shape: tuple[int, ...]) -> Any | None:
+        """The image's "<image> normalized" layer (also the Predict widget's), if usable."""
+        from napari.layers import Image
+
+        from .predict import RESULT_KEY
+
+        marker = {"image": image_layer.name, "kind": "normalized"}
+        name = self.normalized_layer_name(image_layer)
+        for layer in list(self.viewer.layers):
+            ours = layer.metadata.get(RESULT_KEY) == marker
+            if not ours and not (layer.name == name and layer.metadata.get("source_layer")):
+                continue  # a user's own layer of that name is never touched
+            if isinstance(layer, Image) and np.shape(layer.data) == shape and isinstance(
+                layer.data, np.ndarray
+            ):
+                return layer
+            self.viewer.layers.remove(layer)
+        return None
 
     def _show_layer(self, image_layer: Any, result: InspectResult) -> None:
-        """Write the output into the "normalized (<name>)" layer and switch to grid mode."""
+        """Write the output into the "<image> normalized" layer and switch to grid mode."""
+        from .predict import RESULT_KEY
+
         name = self.normalized_layer_name(image_layer)
         shape = layer_data(image_layer).shape
-        target = None
-        if name in self.viewer.layers:
-            target = self.viewer.layers[name]
-            if np.shape(target.data) != shape:
-                self.viewer.layers.remove(name)
-                target = None
+        target = self._normalized_layer(image_layer, shape)
         data = np.zeros(shape, dtype=np.float32) if target is None else np.asarray(target.data)
         if len(shape) == 2:
             data[...] = result.normalized[0]
@@ -369,16 +387,18 @@ class InspectWidget(QWidget):
         if not hi > lo:
             hi = lo + 1.0
         if target is None:
-            self.viewer.add_image(
+            added = self.viewer.add_image(
                 data, name=name, colormap="gray", contrast_limits=(float(lo), float(hi)),
                 scale=image_layer.scale, translate=image_layer.translate,
-                metadata={"source_layer": image_layer.name},
+                metadata={"source_layer": image_layer.name,
+                          RESULT_KEY: {"image": image_layer.name, "kind": "normalized"}},
             )
             # right above its image: neighbours in the grid
             layers = self.viewer.layers
             src = layers.index(image_layer.name)
-            layers.move(layers.index(name), src + 1)
+            layers.move(layers.index(added.name), src + 1)
         else:
+            target.visible = True  # a Predict widget's copy starts hidden
             target.contrast_limits_range = (
                 min(float(lo), target.contrast_limits_range[0]),
                 max(float(hi), target.contrast_limits_range[1]),

@@ -4,7 +4,10 @@ Adds (or updates) ``<image> probability``, ``<image> normalized`` (the learned
 pre-processor's output), ``<image> labels`` and, for ensembles, ``<image> disagreement``
 (per-pixel spread of the members: where to correct first).  The labels layer remembers the
 checkpoints and the labels as predicted (``layer.metadata["fcres"]``) so the Export widget can
-tell which slices were corrected and fine-tune the model that made them.
+tell which slices were corrected and fine-tune the model that made them.  A prediction never
+overwrites corrections: when the labels it would replace were edited, that layer is left as it
+is and the prediction goes to a new labels layer.  Closing the dock stops a running prediction
+and drops its result.
 
 Lazy images (dask or zarr data, multiscale layers: the full-resolution level) are never loaded
 whole: they are predicted block by block (:func:`napari_fcres.chunked.predict_chunked`) into an
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QEvent, QObject, Qt, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -54,6 +57,8 @@ from ._common import (
     notify_error,
     notify_info,
     recent_checkpoints,
+    report_error,
+    scroll_body,
     start_worker,
 )
 
@@ -479,7 +484,7 @@ class PredictWidget(QWidget):
     def _build(self) -> None:
         from napari.layers import Image
 
-        root = QVBoxLayout(self)
+        root = scroll_body(self)
 
         data_box = QGroupBox("Image and models")
         form = QFormLayout(data_box)
@@ -575,6 +580,7 @@ class PredictWidget(QWidget):
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
         self.status_label.setToolTip("What the last prediction did")
+        self._kept: str | None = None  # an edited labels layer a prediction left alone
         root.addWidget(self.status_label)
         root.addStretch(1)
         self.image_combo.layer_changed.connect(self._update_enabled)
@@ -624,13 +630,13 @@ class PredictWidget(QWidget):
         try:
             self.predict_current_slice()
         except FcresError as exc:
-            notify_error(exc, "Cannot predict")
+            report_error(self.status_label, exc, "Cannot predict")
 
     def _on_stack_clicked(self) -> None:
         try:
             self.predict_stack()
         except FcresError as exc:
-            notify_error(exc, "Cannot predict")
+            report_error(self.status_label, exc, "Cannot predict")
 
     def predict_current_slice(self) -> None:
         """Predict the slice the viewer shows (the whole image for 2-D layers)."""
@@ -649,6 +655,28 @@ class PredictWidget(QWidget):
         self._stop_event.set()
         self.status_label.setText("Stopping ...")
         self._update_enabled()
+
+    def event(self, event: QEvent) -> bool:
+        """Closing the dock (napari un-parents the widget) stops a running prediction.
+
+        Its result is then dropped: nothing is written into the viewer after the dock closed.
+        """
+        if (
+            event.type() == QEvent.ParentChange and self.parent() is None and self.is_running()
+        ):
+            log.info("Predict widget closed: stopping the prediction")
+            self.stop()
+        return super().event(event)
+
+    def _dropped(self, what: str) -> bool:
+        """True (and say so) when the run was stopped: its result must not be shown."""
+        if not self._stop_event.is_set():
+            return False
+        text = f"Prediction stopped; {what}"
+        self.status_label.setText(text)
+        log.info(text)
+        self.stopped.emit()
+        return True
 
     def _image_layer(self) -> Any:
         layer = self.image_combo.layer()
@@ -736,8 +764,7 @@ class PredictWidget(QWidget):
             notify_info("Prediction stopped")
             self.stopped.emit()
             return
-        self.status_label.setText(f"Prediction failed: {exc.message}")
-        notify_error(exc, "Prediction failed")
+        report_error(self.status_label, exc, "Prediction failed")
         self.failed.emit(exc)
 
     def _on_finished(self) -> None:
@@ -749,16 +776,19 @@ class PredictWidget(QWidget):
         self._update_enabled()
 
     def _on_done(self, job: _Job) -> None:
+        if self._dropped("nothing was changed"):
+            return
         target = self._target
         layer = target[0] if target else None
         if layer is None or layer not in self.viewer.layers:
             self.status_label.setText("The image layer was removed; the prediction is dropped")
             return
+        self._kept = None
         try:
             names = self._show_preview(layer, job) if job.preview is not None else \
                 self._show(layer, job)
         except FcresError as exc:
-            notify_error(exc, "Cannot show the prediction")
+            report_error(self.status_label, exc, "Cannot show the prediction")
             return
         where = "the stack" if job.slice_index is None else f"slice {job.slice_index}"
         if job.preview is not None:
@@ -769,12 +799,19 @@ class PredictWidget(QWidget):
         msg = f"Predicted {where} with {n} model{'s' if n > 1 else ''}"
         if job.result.spread is not None:
             msg += "; bright pixels in the disagreement layer are where to correct first"
+        if self._kept is not None:
+            kept = (f"your corrections in {self._kept!r} are kept; the new labels are in "
+                    f"{names['labels']!r}")
+            msg += f"; {kept}"
+            notify_info(kept[0].upper() + kept[1:])
         self.status_label.setText(msg)
         log.info(msg)
         self.finished.emit({"layers": names, "checkpoints": job.checkpoints,
                             "slice": job.slice_index if job.preview is None else job.preview})
 
     def _on_zarr_done(self, job: _ZarrJob) -> None:
+        if self._dropped(f"the labels written to {job.labels_path} are not shown"):
+            return
         target = self._target
         layer = target[0] if target else None
         if layer is None or layer not in self.viewer.layers:
@@ -785,7 +822,7 @@ class PredictWidget(QWidget):
         try:
             names = self._show_zarr(layer, job)
         except FcresError as exc:
-            notify_error(exc, "Cannot show the prediction")
+            report_error(self.status_label, exc, "Cannot show the prediction")
             return
         n = len(job.checkpoints)
         msg = (f"Predicted {'the image' if layer.ndim == 2 else 'the stack'} block by block "
@@ -846,16 +883,26 @@ class PredictWidget(QWidget):
         shown: dict[str, str] = {}
         for kind, arr in data.items():
             marker = {"image": image_layer.name, "kind": f"{kind}-preview"}
+            if kind == "labels":
+                self._keep_edited(marker)
             self._replace(marker["kind"], image_layer)
             name = names[kind] + PREVIEW_SUFFIX
             if kind == "labels":
                 layer = self.viewer.add_labels(arr, name=name, opacity=0.5, **geo)
+                layer.metadata[METADATA_KEY] = {"reference": np.array(arr, copy=True)}
             else:
                 layer = self.viewer.add_image(arr, name=name, colormap="magma",
                                               contrast_limits=(0.0, 1.0), opacity=0.6, **geo)
             layer.metadata[RESULT_KEY] = marker
             shown[kind] = layer.name
         return shown
+
+    def _keep_edited(self, marker: dict[str, str]) -> None:
+        """Unmark (so that nothing replaces it) an edited labels layer carrying ``marker``."""
+        for layer in list(self.viewer.layers):
+            if layer.metadata.get(RESULT_KEY) == marker and _edited(layer, None):
+                layer.metadata.pop(RESULT_KEY, None)
+                self._kept = layer.name
 
     def _show(self, image_layer: Any, job: _Job) -> dict[str, str]:
         """Add or update the result layers; return ``{kind: layer name}``."""
@@ -927,6 +974,12 @@ class PredictWidget(QWidget):
         shape = tuple(layer_source(image_layer).shape)
         z = job.slice_index
         layer = self._find("labels", image_layer, Labels, shape)
+        if layer is not None and _edited(layer, z):
+            # never overwrite corrections: that layer stays the user's, a new one is made
+            layer.metadata.pop(RESULT_KEY, None)
+            self._kept = layer.name
+            log.info("labels layer %r was edited: predicting into a new layer", layer.name)
+            layer = None
         meta = {"checkpoints": job.checkpoints, "image_layer": image_layer.name,
                 "threshold": THRESHOLD, "mode": job.mode}
         if layer is None:
@@ -955,6 +1008,20 @@ class PredictWidget(QWidget):
         meta["reference"] = reference
         layer.metadata[METADATA_KEY] = meta
         return layer.name
+
+
+def _edited(layer: Any, z: int | None) -> bool:
+    """True when the user changed the labels a prediction would overwrite (slice ``z``).
+
+    Compares with the labels as predicted (``metadata["fcres"]["reference"]``); without a
+    usable reference any non-zero label counts as an edit.
+    """
+    data = layer.data
+    region = data if z is None else data[z]
+    ref = layer.metadata.get(METADATA_KEY, {}).get("reference")
+    if ref is None or tuple(np.shape(ref)) != tuple(data.shape):
+        return bool(np.any(region))
+    return not np.array_equal(region, ref if z is None else ref[z])
 
 
 def _geometry(layer: Any) -> dict[str, np.ndarray]:

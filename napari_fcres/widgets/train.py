@@ -30,22 +30,27 @@ from qtpy.QtWidgets import (
     QPushButton,
     QRadioButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
-from ..config import ARCHITECTURES, PRESET_HELP, PRESETS, Config, preset_config
+from ..config import ARCHITECTURES, PRESET_HELP, PRESETS, SELECT_BY, Config, preset_config
 from ..errors import FcresError, InputError
+from ..labels_summary import LABEL_MODES, LabelSummary, detect_label_mode, summarize_labels
+from ..resume import resume_request, stored_config
+from ..selection import metric_name
 from ._common import (
     LayerCombo,
     PathEdit,
     WorkerFailed,
     device_choices,
+    is_lazy_layer,
     layer_data,
     make_canvas,
-    notify_error,
     notify_info,
+    notify_warning,
     remember_checkpoints,
+    report_error,
+    scroll_body,
     start_worker,
     style_axes,
 )
@@ -69,6 +74,17 @@ ARCHITECTURE_HELP = {
 PLOT_INTERVAL_MS = 400
 #: Resolution of the activity-dock progress bar.
 PROGRESS_TOTAL = 1000
+#: Recount the label values this long after the last paint stroke / undo (ms).
+RECOUNT_MS = 400
+#: The label-mode choices: (mode, text shown, tooltip).
+LABEL_MODE_ITEMS = (
+    ("full", "full labels", LABEL_MODES["full"] + " (e.g. ISBI: 0 membrane, 255 cell)"),
+    ("slices", "full labels, labelled slices only", LABEL_MODES["slices"]
+     + " (e.g. 3 of 30 slices labelled 0 / 255)"),
+    ("partial", "partial annotation (0 = not annotated)", LABEL_MODES["partial"]
+     + " (as painted in napari)"),
+)
+QWIDGETSIZE_MAX = 16777215
 
 
 def runs_root() -> Path:
@@ -105,20 +121,20 @@ def _resumable(path: Path) -> bool:
 def detect_partial(labels: np.ndarray, axis: int = 0) -> bool:
     """Guess whether labels are a partial annotation (0 = not annotated).
 
-    True when a 3-D stack has some slices without any label and some with labels, or when the
-    labels hold 0, 1 and a value >= 2 (napari painting: 1 = background, 2 = foreground).
+    True only for labels as painted in napari: exactly the values 0, 1 (background) and 2
+    (foreground).  Slices without labels alone never make labels partial: that would turn a
+    class labelled 0 (e.g. ISBI's membranes) into "not annotated"
+    (:func:`~napari_fcres.labels_summary.detect_label_mode`).  ``axis`` is kept for
+    compatibility.
     """
-    arr = np.asarray(labels)
-    if arr.size == 0:
-        return False
-    if arr.ndim == 3:
-        painted = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1).any(axis=1)
-        if painted.any() and not painted.all():
-            return True
-    if not np.issubdtype(arr.dtype, np.integer):
-        return False
-    top = int(arr.max())
-    return top >= 2 and bool((arr == 1).any()) and bool((arr == 0).any())
+    return detect_label_mode(labels) == "partial"
+
+
+def _rgb_error(name: str) -> InputError:
+    return InputError(
+        f"image {name!r} is an RGB (colour) image; training needs one grey-value channel: "
+        "convert the layer to grey values (e.g. keep one channel) first"
+    )
 
 
 def _train_job(
@@ -131,7 +147,12 @@ def _train_job(
     stop: threading.Event,
     threads: int | None,
 ) -> Generator[TrainProgress, None, TrainResult]:
-    """Worker body: finish the config from the checkpoint / run folder, then train."""
+    """Worker body: finish the config from the checkpoint, then train.
+
+    On resume ``cfg`` is already the run's stored config with the widget's settings laid
+    over it (:func:`~napari_fcres.resume.resume_request`); ``train`` refuses it if they
+    change more than the harmless keys.
+    """
     import torch
 
     from ..checkpoint import config_of, read_checkpoint
@@ -140,15 +161,7 @@ def _train_job(
     if threads:
         torch.set_num_threads(threads)
     if resume:
-        saved = Config.from_yaml(out_dir / "config.yaml")
-        cfg = dataclasses.replace(
-            saved,
-            train=dataclasses.replace(
-                saved.train, epochs=cfg.train.epochs, max_minutes=cfg.train.max_minutes,
-                device=cfg.train.device,
-            ),
-        )
-        init_checkpoint = None
+        init_checkpoint = None  # the run's last.pt files carry the weights
     elif init_checkpoint:
         model = config_of(read_checkpoint(init_checkpoint)).model
         if cfg.train.freeze_fcresnet and model.architecture != "pipeline":
@@ -257,7 +270,9 @@ class TrainWidget(QWidget):
         self._worker: Any = None
         self._stop_event = threading.Event()
         self._progress: _StoppableProgress | None = None
-        self._partial_user_set = False
+        self._mode_user_set = False
+        self._watched: Any = None
+        self.summary: LabelSummary | None = None
         self._plot_dir: Path | None = None
         self._latest: TrainProgress | None = None
         self._shown: TrainProgress | None = None
@@ -269,6 +284,10 @@ class TrainWidget(QWidget):
         self._plot_timer.setInterval(PLOT_INTERVAL_MS)
         self._plot_timer.timeout.connect(self._tick)
         self.destroyed.connect(self._stop_event.set)
+        self._recount_timer = QTimer(self)
+        self._recount_timer.setSingleShot(True)
+        self._recount_timer.setInterval(RECOUNT_MS)
+        self._recount_timer.timeout.connect(self._refresh_summary)
         self._on_labels_changed()
         self._update_enabled()
         warm_up_in_background()
@@ -277,7 +296,7 @@ class TrainWidget(QWidget):
     def _build(self) -> None:
         from napari.layers import Image, Labels
 
-        root = QVBoxLayout(self)
+        root = scroll_body(self)
 
         # data
         data_box = QGroupBox("Data")
@@ -293,19 +312,27 @@ class TrainWidget(QWidget):
         )
         self.labels_combo.layer_changed.connect(self._on_labels_changed)
         form.addRow("Labels", self.labels_combo)
-        self.partial_check = QCheckBox("Partial annotation")
-        self.partial_check.setToolTip(
-            "0 = not annotated (ignored), 1 = background/membrane, 2+ = foreground; only "
-            "annotated slices and pixels count.  Detected automatically from the labels "
-            "(slices without any label) until you change it."
+        self.label_mode_combo = QComboBox()
+        for i, (mode, text, tip) in enumerate(LABEL_MODE_ITEMS):
+            self.label_mode_combo.addItem(text, mode)
+            self.label_mode_combo.setItemData(i, tip, Qt.ToolTipRole)
+        self.label_mode_combo.setToolTip(
+            "What the label values mean.  " + "  ".join(
+                f"{text}: {tip}." for _, text, tip in LABEL_MODE_ITEMS)
+            + "  Chosen from the labels (partial only for painted 0 / 1 / 2) until you "
+            "change it; the counts below show what training will see."
         )
-        self.partial_check.clicked.connect(self._on_partial_clicked)
+        self.label_mode_combo.activated.connect(self._on_mode_chosen)
+        form.addRow("Label values", self.label_mode_combo)
         self.annotated_label = QLabel("")
-        self.annotated_label.setToolTip("Slices of the labels layer that carry annotation")
-        row = QHBoxLayout()
-        row.addWidget(self.partial_check)
-        row.addWidget(self.annotated_label, 1)
-        form.addRow(row)
+        self.annotated_label.setWordWrap(True)
+        self.annotated_label.setTextFormat(Qt.RichText)
+        self.annotated_label.setToolTip(
+            "Pixels per role on the slices training uses: unlabeled (ignored), background "
+            "and foreground, with the label values of each; problems (red) stop Start, "
+            "warnings (orange) say what to check"
+        )
+        form.addRow(self.annotated_label)
         root.addWidget(data_box)
 
         # model
@@ -394,8 +421,10 @@ class TrainWidget(QWidget):
             tooltip="Folder of the run: config.yaml and member_KK/best.pt, last.pt.  Start "
             "never overwrites a run (it picks a fresh folder); Resume continues the run here.",
         )
+        self._setting_output = False
         self.output_edit.set_path(default_output_dir())
         self.output_edit.changed.connect(self._update_enabled)
+        self.output_edit.changed.connect(self._on_output_changed)
         form.addRow("Output", self.output_edit)
         root.addWidget(budget_box)
 
@@ -440,6 +469,14 @@ class TrainWidget(QWidget):
             "Stop a member when validation Dice has not improved for this many epochs"
         )
         form.addRow("Patience", self.patience_spin)
+        self.select_combo = QComboBox()
+        self.select_combo.addItems(list(SELECT_BY))
+        self.select_combo.setToolTip(
+            "Validation score that keeps the best model: 'v_rand' (ISBI Rand score, for "
+            "cells separated by membranes), 'dice', or 'auto' (v_rand when the labels are "
+            "many touching cells, else dice)"
+        )
+        form.addRow("Keep best by", self.select_combo)
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
         self.seed_spin.setToolTip("Random seed (splits, crops, initial weights)")
@@ -460,7 +497,9 @@ class TrainWidget(QWidget):
         self.stop_button.clicked.connect(self.stop)
         self.resume_button = QPushButton("Resume")
         self.resume_button.setToolTip(
-            "Continue the run in the output folder from its last.pt (e.g. after Stop)"
+            "Continue the run in the output folder from its last.pt (e.g. after Stop or a "
+            "crash) with the run's stored settings; only epochs, time limit, patience and "
+            "device may differ.  Choosing a run's folder shows its settings."
         )
         self.resume_button.clicked.connect(self._on_resume)
         for b in (self.start_button, self.stop_button, self.resume_button):
@@ -470,8 +509,10 @@ class TrainWidget(QWidget):
         self.status_label = QLabel("Ready")
         self.status_label.setWordWrap(True)
         self.status_label.setAlignment(Qt.AlignLeft | Qt.AlignTop)
-        # a fixed height: a label that grows by a line would resize (and fully redraw) the plot
-        self.status_label.setFixedHeight(self.status_label.fontMetrics().lineSpacing() * 3 + 4)
+        # a fixed height during a run: a label that grows by a line would resize (and fully
+        # redraw) the plot; between runs it grows to show a whole message
+        self._status_height = self.status_label.fontMetrics().lineSpacing() * 3 + 4
+        self.status_label.setMinimumHeight(self._status_height)
         self.status_label.setToolTip("State of the current or last run")
         root.addWidget(self.status_label)
 
@@ -520,7 +561,7 @@ class TrainWidget(QWidget):
     def _update_enabled(self, *_: Any) -> None:
         running = self.is_running()
         for w in (
-            self.image_combo, self.labels_combo, self.partial_check, self.preset_combo,
+            self.image_combo, self.labels_combo, self.label_mode_combo, self.preset_combo,
             self.arch_combo, self.scratch_radio, self.finetune_radio, self.epochs_spin,
             self.minutes_spin, self.ensemble_spin, self.device_combo, self.output_edit,
             self.advanced,
@@ -552,22 +593,78 @@ class TrainWidget(QWidget):
             f"Network to train.  {arch}: {ARCHITECTURE_HELP.get(arch, '')}"
         )
 
-    def _on_partial_clicked(self, *_: Any) -> None:
-        self._partial_user_set = True
+    # ------------------------------------------------------------------ label values
+    def label_mode(self) -> str:
+        """The chosen meaning of the label values: "full", "slices" or "partial"."""
+        return str(self.label_mode_combo.currentData() or "full")
+
+    def set_label_mode(self, mode: str, *, user: bool = True) -> None:
+        """Choose the label mode (``user``: keep it when the labels change)."""
+        index = self.label_mode_combo.findData(mode)
+        if index < 0:
+            raise InputError(f"unknown label mode {mode!r}; choose one of "
+                             f"{', '.join(LABEL_MODES)}")
+        self.label_mode_combo.setCurrentIndex(index)
+        if user:
+            self._mode_user_set = True
+        self._refresh_summary()
+
+    def _on_mode_chosen(self, *_: Any) -> None:
+        self._mode_user_set = True
+        self._refresh_summary()
 
     def _on_labels_changed(self, *_: Any) -> None:
         layer = self.labels_combo.layer()
+        if layer is not self._watched:
+            self._mode_user_set = False  # a new layer: its values decide again
+            self._watch(layer)
+        self._refresh_summary()
+
+    def _watch(self, layer: Any) -> None:
+        """Recount after painting, undo / redo and data changes of the chosen layer."""
+        old, self._watched = self._watched, layer
+        for ev in _edit_events(old):
+            try:
+                ev.disconnect(self._schedule_recount)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        for ev in _edit_events(layer):
+            ev.connect(self._schedule_recount)
+
+    def _schedule_recount(self, *_: Any) -> None:
+        layer = self._watched
+        if not self.is_running() and layer is not None and not is_lazy_layer(layer):
+            self._recount_timer.start()  # lazy (dask / zarr) labels: counted on choice only
+
+    def _refresh_summary(self) -> None:
+        """Count the label values of the chosen layer in the chosen (or detected) mode."""
+        self._recount_timer.stop()
+        layer = self.labels_combo.layer()
         if layer is None:
+            self.summary = None
             self.annotated_label.setText("")
             return
-        labels = layer_data(layer)
-        if not self._partial_user_set:
-            self.partial_check.setChecked(detect_partial(labels))
-        if labels.ndim == 3:
-            n = int(labels.reshape(labels.shape[0], -1).any(axis=1).sum())
-            self.annotated_label.setText(f"{n} of {labels.shape[0]} slices annotated")
-        else:
-            self.annotated_label.setText("")
+        try:
+            labels = layer_data(layer)
+            if not self._mode_user_set:
+                self.label_mode_combo.setCurrentIndex(
+                    max(0, self.label_mode_combo.findData(detect_label_mode(labels))))
+            self.show_summary(summarize_labels(labels, self.label_mode()))
+        except (ValueError, MemoryError, FcresError) as exc:
+            self.summary = None
+            self.annotated_label.setText(f"cannot count the label values: {exc}")
+
+    def show_summary(self, summary: LabelSummary) -> None:
+        """Show counts, problems (red) and warnings (orange) under the labels."""
+        import html
+
+        self.summary = summary
+        lines = [html.escape(summary.counts_text())]
+        lines += [f"<span style='color:#ff6b6b'>✖ {html.escape(p)}</span>"
+                  for p in summary.problems]
+        lines += [f"<span style='color:#f0a030'>⚠ {html.escape(w)}</span>"
+                  for w in summary.warnings]
+        self.annotated_label.setText("<br>".join(lines))
 
     # ------------------------------------------------------------------ config
     def build_config(self, *, partial: bool, slice_shape: tuple[int, int] | None = None,
@@ -591,11 +688,65 @@ class TrainWidget(QWidget):
             lr=self.lr_spin.value(),
             val_fraction=self.val_spin.value(),
             patience=self.patience_spin.value(),
+            select_by=self.select_combo.currentText(),
             seed=self.seed_spin.value(),
             freeze_fcresnet=bool(freeze),
         )
         cfg.data = dataclasses.replace(cfg.data, partial=partial)
         return cfg
+
+    def _resume_overrides(self, cfg: Config, slice_shape: tuple[int, int]) -> dict[str, Any]:
+        """The settings this widget shows, as a partial config to lay over a stored run."""
+        t = cfg.train
+        keys = ("epochs", "max_minutes", "ensemble", "device", "batch_size", "lr",
+                "val_fraction", "patience", "select_by", "seed", "freeze_fcresnet")
+        train = {k: getattr(t, k) for k in keys}
+        if self.crop_spin.value() <= min(slice_shape):  # else "as large as fits", as stored
+            train["crop_size"] = t.crop_size
+        out: dict[str, Any] = {"train": train, "data": {"partial": cfg.data.partial}}
+        if not self.finetune_radio.isChecked():  # fine-tuned: the model came from a file
+            out["model"] = {"preset": cfg.model.preset, "architecture": cfg.model.architecture}
+        return out
+
+    def show_settings(self, cfg: Config) -> None:
+        """Set the controls to a run's config (so Resume asks for what the run has)."""
+        if cfg.model.preset in PRESETS:
+            self.preset_combo.setCurrentText(cfg.model.preset)  # resets the batch size
+        self.arch_combo.setCurrentText(cfg.model.architecture)
+        t = cfg.train
+        self.epochs_spin.setValue(t.epochs)
+        self.minutes_spin.setValue(t.max_minutes or 0.0)
+        self.ensemble_spin.setValue(t.ensemble)
+        self.crop_spin.setValue(t.crop_size)
+        self.batch_spin.setValue(t.batch_size)
+        self.lr_spin.setValue(t.lr)
+        self.val_spin.setValue(t.val_fraction)
+        self.patience_spin.setValue(t.patience)
+        self.select_combo.setCurrentText(t.select_by)
+        self.seed_spin.setValue(t.seed)
+        self.freeze_check.setChecked(t.freeze_fcresnet)
+
+    def _set_output(self, path: str | Path) -> None:
+        """Set the output folder from code (a user's choice loads a run's settings)."""
+        self._setting_output = True
+        try:
+            self.output_edit.set_path(path)
+        finally:
+            self._setting_output = False
+
+    def _on_output_changed(self, *_: Any) -> None:
+        if self._setting_output or self.is_running():
+            return
+        out = Path(self.output_edit.path()) if self.output_edit.path() else None
+        if out is None or not _resumable(out):
+            return
+        try:
+            cfg = stored_config(out)
+        except FcresError as exc:
+            log.warning("cannot read the settings of %s: %s", out, exc)
+            return
+        self.show_settings(cfg)
+        self.status_label.setText(f"Settings of the run in {out}: Resume continues it")
 
     # ------------------------------------------------------------------ actions
     def _on_start(self) -> None:
@@ -614,10 +765,16 @@ class TrainWidget(QWidget):
                     self.checkpoint_edit.path() or None
                     if self.finetune_radio.isChecked() else None
                 ),
-                partial=self.partial_check.isChecked() if self._partial_user_set else None,
+                label_mode=self._current_label_mode(),
             )
         except FcresError as exc:
-            notify_error(exc, "Cannot start training")
+            report_error(self.status_label, exc, "Cannot start training")
+
+    def _current_label_mode(self) -> str:
+        """The mode shown, after counting any pending paint strokes."""
+        if self._recount_timer.isActive() or self.summary is None:
+            self._refresh_summary()
+        return self.label_mode()
 
     def train_on(
         self,
@@ -629,15 +786,20 @@ class TrainWidget(QWidget):
         freeze_fcresnet: bool = False,
         output_dir: str | None = None,
         partial: bool | None = None,
+        label_mode: str | None = None,
+        labels_data: np.ndarray | None = None,
     ) -> None:
         """Train on two layers with the widget's other settings (the Export widget's hook).
 
         ``slices`` restricts training to those indices along the first axis of a stack;
         ``init_checkpoint`` fine-tunes those weights (``freeze_fcresnet``: adapt only the
         pre-processor); ``output_dir`` defaults to a fresh folder under
-        ``~/.napari-fcres/runs``; ``partial`` (None: detect) is the annotation mode.  Returns
-        at once; ``finished`` / ``failed`` report the end.  Raises :class:`FcresError` when a
-        run is already active or the inputs cannot be used.
+        ``~/.napari-fcres/runs``; ``label_mode`` ("full", "slices" or "partial"; or the older
+        ``partial`` flag; None: detect) says what the values mean; ``labels_data`` trains on
+        these values instead of the layer's (e.g. a foreground mask of instance labels; no
+        extra layer is added).  Returns at once; ``finished`` / ``failed`` report the end.
+        Raises :class:`FcresError` when a run is already active or the inputs cannot be used
+        (e.g. labels without any background).
         """
         if self.is_running():
             raise FcresError("a training run is already active; stop it first")
@@ -648,11 +810,12 @@ class TrainWidget(QWidget):
             self.scratch_radio.setChecked(True)
         self.freeze_check.setChecked(bool(freeze_fcresnet))
         if output_dir is not None:
-            self.output_edit.set_path(output_dir)
+            self._set_output(output_dir)
         self._start_run(
             image_layer, labels_layer, resume=False, init_checkpoint=init_checkpoint,
             slices=slices, freeze_fcresnet=freeze_fcresnet, partial=partial,
             output_dir=Path(output_dir).expanduser() if output_dir else None,
+            label_mode=label_mode, labels_data=labels_data,
         )
 
     def _start_run(
@@ -666,6 +829,8 @@ class TrainWidget(QWidget):
         freeze_fcresnet: bool | None = None,
         partial: bool | None = None,
         output_dir: Path | None = None,
+        label_mode: str | None = None,
+        labels_data: np.ndarray | None = None,
     ) -> None:
         if self.is_running():
             raise FcresError("a training run is already active; stop it first")
@@ -675,15 +840,19 @@ class TrainWidget(QWidget):
             raise InputError("choose a labels layer (add one and paint some labels)")
         self.image_combo.set_layer(image_layer)
         self.labels_combo.set_layer(labels_layer)
+        if getattr(image_layer, "rgb", False):  # before the shapes: (y, x, 3) vs (y, x)
+            raise _rgb_error(image_layer.name)
         image = layer_data(image_layer)
-        labels = np.array(layer_data(labels_layer), copy=True)  # painting may go on
+        source = layer_data(labels_layer) if labels_data is None else labels_data
+        labels = np.array(source, copy=True)  # painting may go on
+        if (image.ndim == labels.ndim + 1 and image.shape[-1] in (3, 4)
+                and image.shape[:-1] == labels.shape):
+            raise _rgb_error(image_layer.name)
         if image.shape != labels.shape:
             raise InputError(
                 f"image {image_layer.name!r} has shape {image.shape} but labels "
                 f"{labels_layer.name!r} have shape {labels.shape}; they must match"
             )
-        if getattr(image_layer, "rgb", False):
-            raise InputError("RGB images are not supported; convert the layer to grey values")
         if slices is not None:
             if image.ndim != 3:
                 raise InputError("slices can only be chosen in a 3-D stack")
@@ -694,26 +863,42 @@ class TrainWidget(QWidget):
                 )
             image = np.take(image, index, axis=0)
             labels = np.take(labels, index, axis=0)
-        if partial is None:
-            partial = detect_partial(labels)
+        if label_mode is None:
+            label_mode = (detect_label_mode(labels) if partial is None
+                          else "partial" if partial else "full")
+        if label_mode not in LABEL_MODES:
+            raise InputError(f"unknown label mode {label_mode!r}; choose one of "
+                             f"{', '.join(LABEL_MODES)}")
+        summary = summarize_labels(labels, label_mode)
+        self.label_mode_combo.setCurrentIndex(self.label_mode_combo.findData(label_mode))
+        self.show_summary(summary)
+        if not summary.ok:
+            raise InputError("; ".join(summary.problems))
+        if label_mode == "slices" and image.ndim == 3 and len(summary.annotated) < len(image):
+            image = np.take(image, summary.annotated, axis=0)
+            labels = np.take(labels, summary.annotated, axis=0)
+        partial = label_mode == "partial"
         if init_checkpoint and not Path(init_checkpoint).expanduser().exists():
             raise InputError(f"checkpoint not found: {init_checkpoint}")
 
         out = output_dir or (Path(self.output_edit.path()) if self.output_edit.path() else None)
         if resume:
-            if out is None or not _resumable(out):
-                raise InputError(f"{out} holds no run to resume (no member_KK/last.pt)")
+            if out is None:
+                raise InputError("choose the output folder of the run to resume")
+            stored_config(out)  # "nothing to resume in ..." when it holds no last.pt
         else:
             if out is None:
                 out = default_output_dir()
             elif _holds_run(out):
                 # never overwrite a run: a fresh default folder, or a numbered sibling
                 out = default_output_dir() if out.parent == runs_root() else _unused(out)
-        self.output_edit.set_path(out)
+        self._set_output(out)
 
         cfg = self.build_config(
             partial=bool(partial), slice_shape=image.shape[-2:], freeze_fcresnet=freeze_fcresnet
         )
+        if resume:  # the run's stored config with these settings over it (one rule)
+            cfg = resume_request(out, self._resume_overrides(cfg, image.shape[-2:]))
         if init_checkpoint:
             init_checkpoint = str(Path(init_checkpoint).expanduser())
 
@@ -729,8 +914,11 @@ class TrainWidget(QWidget):
         self._progress = _StoppableProgress(desc, self.stop)
         verb = "Resuming" if resume else "Starting"
         self.status_label.setText(f"{verb} training into {out} ...")
-        log.info("%s training into %s (partial=%s, slices=%s)", verb.lower(), out, partial,
-                 None if slices is None else list(slices))
+        log.info("%s training into %s (labels: %s, %s; slices=%s)", verb.lower(), out,
+                 label_mode, summary.counts_text(), None if slices is None else list(slices))
+        if summary.warnings:
+            notify_warning("Training starts, but check the labels: " + " ".join(summary.warnings))
+        self.status_label.setFixedHeight(self._status_height)
         self._worker = start_worker(
             _train_job, cfg, image, labels, out, resume, init_checkpoint, self._stop_event,
             _worker_threads(),
@@ -806,7 +994,8 @@ class TrainWidget(QWidget):
         if p.loss is not None:
             parts.append(f"loss {p.loss:.4f}")
         if p.best_val_dice is not None:
-            parts.append(f"best val Dice {p.best_val_dice:.3f} (epoch {p.best_epoch})")
+            parts.append(f"best val {metric_name(p.metric)} {p.best_val_dice:.3f} "
+                         f"(epoch {p.best_epoch})")
         parts.append(f"{int(p.elapsed) // 60}:{int(p.elapsed) % 60:02d} elapsed")
         return " · ".join(parts)
 
@@ -817,18 +1006,28 @@ class TrainWidget(QWidget):
         dice = ", ".join(f"{d:.3f}" for d in result.best_val_dice if d is not None and d >= 0)
         state = "stopped" if result.stopped else "finished"
         where = self.best_checkpoints[0] if len(self.best_checkpoints) == 1 else result.out_dir
-        msg = f"Training {state}: best validation Dice {dice or 'n/a'}; best model: {where}"
-        self.status_label.setText(msg)
-        notify_info(msg)
+        name = metric_name(result.metric)
+        best = f"best validation {name} {dice or 'n/a'}"
+        if result.warnings:  # e.g. no better than predicting one class everywhere
+            msg = (f"Training {state}, but " + "; ".join(result.warnings).rstrip(".")
+                   + f".  ({best}; checkpoint: {where})")
+            self.status_label.setMaximumHeight(QWIDGETSIZE_MAX)
+            self.status_label.setText(msg)
+            notify_warning(msg)
+        else:
+            msg = f"Training {state}: {best}; best model: {where}"
+            self.status_label.setText(msg)
+            notify_info(msg)
         self.finished.emit(result)
 
     def _on_error(self, exc: WorkerFailed) -> None:
-        self.status_label.setText(f"Training failed: {exc.message}")
-        notify_error(exc, "Training failed")
+        self.status_label.setMaximumHeight(QWIDGETSIZE_MAX)
+        report_error(self.status_label, exc, "Training failed")
         self.failed.emit(exc)
 
     def _on_finished(self) -> None:
         self._worker = None
+        self.status_label.setMaximumHeight(QWIDGETSIZE_MAX)  # whole messages between runs
         self._plot_timer.stop()
         if self._progress is not None:
             self._progress.close()
@@ -840,7 +1039,7 @@ class TrainWidget(QWidget):
             and Path(result.out_dir) == self._run_dir and self._run_dir.parent == runs_root()
         ):
             # a finished run has nothing to resume: the next Start gets a fresh default folder
-            self.output_edit.set_path(default_output_dir())
+            self._set_output(default_output_dir())
         self._update_enabled()
 
     # ------------------------------------------------------------------ plot
@@ -954,3 +1153,12 @@ class TrainWidget(QWidget):
         for line in self._all_lines():
             self.figure.draw_artist(line)
         self.canvas.blit(self.figure.bbox)
+
+
+def _edit_events(layer: Any) -> list[Any]:
+    """Events after which a labels layer's values may differ (paint, data, undo / redo)."""
+    if layer is None:
+        return []
+    ev = layer.events
+    return [getattr(ev, name) for name in ("paint", "data", "labels_update", "set_data")
+            if hasattr(ev, name)]

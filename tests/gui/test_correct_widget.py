@@ -61,6 +61,13 @@ def set_scope(widget: CorrectWidget, scope: str) -> None:
     widget.scope_combo.setCurrentText(scope)
 
 
+def n_objects(mask: np.ndarray) -> int:
+    """8-connected objects of a 2-D mask."""
+    from scipy import ndimage
+
+    return int(ndimage.label(mask, structure=np.ones((3, 3)))[1])
+
+
 def test_layers_and_tooltips(viewer, widget, layers):
     prob, labels = layers
     viewer.add_image(np.zeros(SHAPE, np.float32), name="other image")  # top-most image
@@ -166,6 +173,8 @@ def test_largest_relabel_and_merge(viewer, qtbot, widget, layers, notifications)
     click(qtbot, widget.merge_button)
     assert notifications.errors()
     np.testing.assert_array_equal(labels.data, merged)
+    # the whole message is in the status line (a toast shows only its first words)
+    assert widget.status_label.text() == "Correction failed: label 12345 is not in the labels"
 
 
 def test_split_along_drawn_line(viewer, qtbot, widget, layers):
@@ -186,6 +195,12 @@ def test_split_along_drawn_line(viewer, qtbot, widget, layers):
     assert (after[1, 20, 14] == target) != (after[1, 20, 26] == target)
     new_id = int(max(after[1, 20, 14], after[1, 20, 26]))
     assert new_id > start.max()  # unique in the whole stack
+    # a background seam along the cut: the foreground mask (what fine-tuning learns from)
+    # shows two objects where there was one
+    blob = start[1] == target
+    assert (after[1][blob[:, 20], 20] == 0).all() and (after[1][:, 19][blob[:, 19]] > 0).all()
+    assert n_objects(after[1] > 0) == n_objects(start[1] > 0) + 1
+    assert "seam" in widget.status_label.text()
     np.testing.assert_array_equal(after[[0, 2]], start[[0, 2]])
     assert len(shapes.data) == 1  # the used line is gone, the other slice's line stays
     check_one_step(labels, start)
@@ -233,3 +248,61 @@ def test_2d_labels(viewer, qtbot):
     click(qtbot, widget.split_button)
     assert len(set(np.unique(labels.data)) - {0}) == 3
     check_one_step(labels, shrunk)
+
+
+def test_merge_after_split_restores_one_object(viewer, qtbot, widget, layers):
+    """Split leaves a seam, merge fills it: both corrections reach the foreground mask."""
+    _, labels = layers
+    start = labels.data.copy()
+    viewer.dims.set_current_step(0, 0)
+    target = int(start[0, 20, 20])
+    widget.draw_split_line().add_paths([np.array([[0, 5.0, 20.0], [0, 35.0, 20.0]])])
+    click(qtbot, widget.split_button)
+    split = labels.data.copy()
+    assert n_objects(split[0] > 0) == n_objects(start[0] > 0) + 1
+    new_id = int(split[0][(split[0] != target) & (start[0] == target)].max())
+    widget.merge_a_spin.setValue(target)
+    widget.merge_b_spin.setValue(new_id)
+    assert widget.merge_gap_spin.value() >= 2
+    click(qtbot, widget.merge_button)
+    seam = (split[0] == 0) & (start[0] == target)
+    assert (labels.data[0][seam] == target).all()  # the seam is filled
+    assert n_objects(labels.data[0] > 0) == n_objects(start[0] > 0)
+    assert ((labels.data[0] > 0) != (start[0] > 0)).sum() <= 6  # nothing much beyond it
+    assert set(np.unique(labels.data[0])) == set(np.unique(start[0]))
+    check_one_step(labels, split)
+    # "keep gap": only the ids change
+    labels.undo()
+    widget.merge_gap_spin.setValue(0)
+    assert widget.merge_gap_spin.text() == "keep gap"
+    click(qtbot, widget.merge_button)
+    np.testing.assert_array_equal(labels.data[0] > 0, split[0] > 0)
+
+
+def test_hidden_labels_layer_corrects_the_shown_slice(viewer, qtbot, widget, layers,
+                                                      notifications):
+    """Split and merge with the labels layer hidden and the slider moved (issue 10, 5.3)."""
+    _, labels = layers
+    labels.visible = False
+    viewer.dims.set_current_step(0, 2)  # napari does not re-slice the hidden layer
+    start = labels.data.copy()
+    target = int(start[2, 20, 20])
+    widget.draw_split_line().add_paths([np.array([[2, 5.0, 20.0], [2, 35.0, 20.0]])])
+    viewer.layers.selection.active = labels
+    click(qtbot, widget.split_button)
+    assert not notifications.errors(), [str(n.message) for n in notifications.errors()]
+    assert len(set(np.unique(labels.data[2])) - {0}) == 3  # the cut blob and the other one
+    np.testing.assert_array_equal(labels.data[[0, 1]], start[[0, 1]])
+    split = check_one_step(labels, start)
+
+    new_id = int(split[2].max())
+    widget.merge_a_spin.setValue(target)
+    widget.merge_b_spin.setValue(new_id)
+    click(qtbot, widget.merge_button)
+    assert not notifications.errors(), [str(n.message) for n in notifications.errors()]
+    assert set(np.unique(labels.data[2])) == set(np.unique(start[2]))
+    np.testing.assert_array_equal(labels.data[[0, 1]], start[[0, 1]])
+    check_one_step(labels, split)
+    assert "Correction failed" not in widget.status_label.text()
+    labels.visible = True  # shows the corrected slice
+    qtbot.wait(10)

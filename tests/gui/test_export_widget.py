@@ -137,9 +137,11 @@ def test_fine_tune_on_corrected_slices(viewer, qtbot, em_layers, tiny_checkpoint
     assert started.args[0] is train
     assert train.is_running()
     assert train.checkpoint_edit.path() == str(tiny_checkpoint)
-    training = viewer.layers["EM (synthetic) labels (training)"]
-    assert not training.visible
-    np.testing.assert_array_equal(training.data, (labels.data > 0).astype(np.uint8))
+    # the foreground mask goes to the Train widget as data: no hidden "(training)" layer
+    assert not [la.name for la in viewer.layers if "(training)" in la.name]
+    assert train.labels_combo.layer().name == labels.name
+    assert train.label_mode() == "full" and "foreground (1)" in train.annotated_label.text()
+    assert "on 2 of 2 slices" in train.annotated_label.text()  # the corrected slices
     with qtbot.waitSignal(train.finished, timeout=WAIT_MS) as done:
         pass
     qtbot.waitUntil(lambda: not train.is_running(), timeout=WAIT_MS)

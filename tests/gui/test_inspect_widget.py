@@ -43,7 +43,7 @@ def test_current_slice_with_labels(viewer, qtbot, em_layers, tiny_checkpoint):
     viewer.dims.set_current_step(0, 2)
     show(qtbot, widget)
 
-    name = f"normalized ({img.name})"
+    name = f"{img.name} normalized"  # the name the Predict widget uses too
     assert name in viewer.layers
     norm = viewer.layers[name]
     assert norm.data.shape == img.data.shape and norm.data.dtype == np.float32
@@ -71,7 +71,8 @@ def test_current_slice_with_labels(viewer, qtbot, em_layers, tiny_checkpoint):
     viewer.dims.set_current_step(0, 0)
     show(qtbot, widget)
     assert [z for z in range(4) if np.any(norm.data[z] != 0)] == [0, 2]
-    assert len([layer for layer in viewer.layers if layer.name.startswith("normalized")]) == 1
+    assert len([layer for layer in viewer.layers if "normalized" in layer.name]) == 1
+    assert norm.metadata["fcres_result"] == {"image": img.name, "kind": "normalized"}
 
 
 def test_whole_stack_without_labels(viewer, qtbot, em_layers, tiny_checkpoint):
@@ -81,7 +82,7 @@ def test_whole_stack_without_labels(viewer, qtbot, em_layers, tiny_checkpoint):
     assert widget.labels_combo.layer() is None  # default: no labels, use the prediction
     widget.stack_radio.setChecked(True)
     show(qtbot, widget)
-    norm = viewer.layers[f"normalized ({img.name})"]
+    norm = viewer.layers[f"{img.name} normalized"]
     assert all(np.any(norm.data[z] != 0) for z in range(4))
     result = widget.last_result
     assert result.slices == [0, 1, 2, 3] and result.source == "prediction"
@@ -105,7 +106,7 @@ def test_unet_has_no_preprocessor(viewer, qtbot, em_layers, em_small, tmp_path, 
     show(qtbot, widget)
     assert any("no pre-processor output" in m for m in notifications.messages())
     assert widget.show_button.isEnabled() and not widget.is_running()
-    assert not any(layer.name.startswith("normalized") for layer in viewer.layers)
+    assert not any("normalized" in layer.name for layer in viewer.layers)
 
 
 def test_missing_checkpoint_is_reported(viewer, qtbot, em_layers, tmp_path, notifications):

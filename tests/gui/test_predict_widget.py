@@ -147,26 +147,98 @@ def test_predict_current_slice(viewer, qtbot, em_layers, trained):
     assert prob[2].max() > 0 and not prob[[0, 1, 3]].any()
     assert labels.data[2].any() and not labels.data[[0, 1, 3]].any()
 
-    # a full prediction, then a slice preview on another slice: one undoable step
+    # a full prediction, a correction on slice 1, then a slice preview of the unedited
+    # slice 2: written in place as one undoable step, the correction stays
     click(qtbot, widget.stack_button)
     wait_done(qtbot, widget)
-    stack_labels = labels.data.copy()
-    viewer.dims.set_current_step(0, 1)
     labels.data_setitem((np.array([1]), np.array([5]), np.array([5])), 99)  # a correction
     corrected = labels.data.copy()
+    viewer.dims.set_current_step(0, 2)
     click(qtbot, widget.slice_button)
     wait_done(qtbot, widget)
+    ours = [la.name for la in viewer.layers
+            if la.metadata.get("fcres_result", {}).get("kind") == "labels"]
+    assert ours == [labels.name]
     after = labels.data.copy()
-    np.testing.assert_array_equal(after[[0, 2, 3]], stack_labels[[0, 2, 3]])
+    np.testing.assert_array_equal(after[[0, 1, 3]], corrected[[0, 1, 3]])
+    assert after[1, 5, 5] == 99
     # new ids of the previewed slice do not clash with the other slices
-    other_ids = set(np.unique(after[[0, 2, 3]])) - {0}
-    assert not (set(np.unique(after[1])) - {0}) & other_ids
+    other_ids = set(np.unique(after[[0, 1, 3]])) - {0}
+    assert not (set(np.unique(after[2])) - {0}) & other_ids
     labels.undo()
     np.testing.assert_array_equal(labels.data, corrected)
     labels.redo()
     np.testing.assert_array_equal(labels.data, after)
-    # the reference for the Export widget follows the preview of slice 1
-    np.testing.assert_array_equal(labels.metadata["fcres"]["reference"][1], after[1])
+    # the reference for the Export widget follows the preview of slice 2
+    np.testing.assert_array_equal(labels.metadata["fcres"]["reference"][2], after[2])
+
+
+def test_prediction_never_overwrites_corrections(viewer, qtbot, em_layers, trained,
+                                                 notifications):
+    widget = make_widget(viewer, [trained])
+    click(qtbot, widget.stack_button)
+    wait_done(qtbot, widget)
+    names = layer_names(IMAGE)
+    labels = viewer.layers[names["labels"]]
+    labels.data_setitem((np.array([1]), np.array([5]), np.array([5])), 99)  # a correction
+    corrected = labels.data.copy()
+
+    # predicting the corrected slice again: a new layer, the corrected one untouched
+    viewer.dims.set_current_step(0, 1)
+    with qtbot.waitSignal(widget.finished, timeout=WAIT_MS) as sig:
+        click(qtbot, widget.slice_button)
+    wait_done(qtbot, widget)
+    np.testing.assert_array_equal(labels.data, corrected)
+    assert "fcres_result" not in labels.metadata  # no prediction targets it any more
+    assert labels.metadata["fcres"]["checkpoints"] == [str(trained)]  # Export still knows
+    new = viewer.layers[sig.args[0]["layers"]["labels"]]
+    assert new.name != labels.name and new.metadata["fcres_result"]["kind"] == "labels"
+    assert new.data[1].any() and not new.data[[0, 2, 3]].any()
+    assert f"corrections in {names['labels']!r} are kept" in widget.status_label.text()
+    assert any("are kept" in m for m in notifications.messages())
+
+    # the whole stack: into the new (unedited) layer, in place
+    click(qtbot, widget.stack_button)
+    wait_done(qtbot, widget)
+    assert sig.args[0]["layers"]["labels"] == new.name and new.data[[0, 2]].any()
+    np.testing.assert_array_equal(labels.data, corrected)
+    assert len([la for la in viewer.layers if la.metadata.get("fcres_result", {}).get("kind")
+                == "labels"]) == 1
+
+
+def test_closing_the_dock_stops_and_drops_the_prediction(viewer, qtbot, em_layers, trained,
+                                                         monkeypatch):
+    import threading
+    import time
+
+    import napari_fcres.widgets.predict as predict_module
+
+    widget = make_widget(viewer, [trained])
+    click(qtbot, widget.stack_button)
+    wait_done(qtbot, widget)
+    labels = viewer.layers[layer_names(IMAGE)["labels"]]
+    labels.data_setitem((np.array([2]), np.array([5]), np.array([5])), 99)  # a correction
+    corrected = labels.data.copy()
+    layers_before = [la.name for la in viewer.layers]
+
+    # a prediction that does not notice Stop and finishes after the dock closed (the race
+    # of the issue: it came back 10 s later and overwrote the corrected layer)
+    real_job = predict_module._predict_job
+
+    def slow_job(*args, **kwargs):
+        time.sleep(1.0)
+        kwargs["stop"] = threading.Event()  # ignores the stop request
+        return real_job(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "_predict_job", slow_job)
+    with qtbot.waitSignal(widget.stopped, timeout=WAIT_MS):
+        click(qtbot, widget.stack_button)
+        assert widget.is_running()
+        viewer.window.remove_dock_widget("all")  # the dock's close button does this
+    wait_done(qtbot, widget)
+    np.testing.assert_array_equal(labels.data, corrected)
+    assert [la.name for la in viewer.layers] == layers_before
+    assert "stopped" in widget.status_label.text()
 
 
 def test_ensemble_adds_disagreement(viewer, qtbot, em_layers, trained, second):

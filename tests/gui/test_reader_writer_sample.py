@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 import shutil
 import subprocess
 import sys
@@ -74,6 +75,16 @@ def test_sitk_formats_keep_spacing(tmp_path, ext):
 
 
 def _write_dicom_series(folder: Path, volume: np.ndarray, spacing_xyz: tuple) -> None:
+    # GDCM's first DICOM write switches the whole process to the C locale, which would make
+    # later tests read text as ASCII: put the locale back afterwards
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_slices(folder, volume, spacing_xyz)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_slices(folder: Path, volume: np.ndarray, spacing_xyz: tuple) -> None:
     image = sitk.GetImageFromArray(volume)
     image.SetSpacing(spacing_xyz)
     writer = sitk.ImageFileWriter()

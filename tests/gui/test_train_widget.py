@@ -19,6 +19,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_fcres.checkpoint import read_checkpoint
+from napari_fcres.config import preset_config
+from napari_fcres.training import replace_train, run_training
 from napari_fcres.widgets._common import recent_checkpoints
 from napari_fcres.widgets.train import TrainWidget, detect_partial
 
@@ -60,17 +62,17 @@ def test_layers_preset_and_tooltips(viewer, qtbot, em_layers, tmp_path):
     img, lab = em_layers
     assert widget.image_combo.layer().name == img.name
     assert widget.labels_combo.layer().name == lab.name
-    assert not widget.partial_check.isChecked()  # full labels: every slice labelled
+    assert widget.label_mode() == "full"  # full labels: every slice labelled
     assert widget.preset_combo.currentText() == "tiny"
     assert widget.arch_combo.currentText() == "pipeline"
     assert widget.device_combo.findData("cpu") >= 0
-    # a new labels layer with unlabelled slices is detected as a partial annotation
+    # a new labels layer painted with 1 (background) and 2 (foreground) is a partial annotation
     partial = np.zeros(img.data.shape, np.uint8)
     partial[1, :10, :10] = 1
     partial[1, 20:30, 20:30] = 2
     viewer.add_labels(partial, name="painted")
     widget.labels_combo.set_layer("painted")
-    assert widget.partial_check.isChecked()
+    assert widget.label_mode() == "partial"
     assert "1 of 4" in widget.annotated_label.text()
     viewer.layers.remove("painted")
     assert widget.labels_combo.layer().name == lab.name
@@ -97,8 +99,8 @@ def test_detect_partial():
     full[:, :4] = 1
     assert not detect_partial(full)
     part = full.copy()
-    part[1] = 0
-    assert detect_partial(part)
+    part[1] = 0  # an empty slice alone does not make 0 'not annotated' (0 may be a class)
+    assert not detect_partial(part)
     painted = np.zeros((8, 8), np.uint8)
     painted[:2] = 1
     painted[4:6] = 2
@@ -175,12 +177,11 @@ def test_failure_all_zero_labels(viewer, qtbot, em_layers, tmp_path, notificatio
     viewer.add_labels(np.zeros(img.data.shape, np.uint8), name="empty")
     widget = make_widget(viewer, qtbot, tmp_path)
     widget.labels_combo.set_layer("empty")
-    with qtbot.waitSignal(widget.failed, timeout=WAIT_MS) as sig:
-        click(qtbot, widget.start_button)
-    wait_done(qtbot, widget)
-    assert sig.args[0].user_error
-    assert any("Training failed" in m and "zero" in m for m in notifications.messages())
-    assert "Training failed" in widget.status_label.text()
+    assert "all 0" in widget.annotated_label.text()  # said before Start
+    click(qtbot, widget.start_button)  # refused at once: no run, no worker
+    assert not widget.is_running()
+    assert any("Cannot start training" in m and "all 0" in m for m in notifications.messages())
+    assert widget.status_label.text().startswith("Cannot start training: the labels are all 0")
     assert_usable(widget)
     assert widget.last_result is None
 
@@ -305,3 +306,66 @@ def test_closing_the_widget_stops_training(viewer, qtbot, em_layers, tmp_path):
     last = read_checkpoint(tmp_path / "run" / "member_00" / "last.pt")
     assert not last["finished"]
     assert_usable(widget)
+
+
+# ----------------------------------------------------------------------------- resume rule
+
+@pytest.fixture
+def stopped_run(tmp_path, em_small):
+    """A tiny run (the widget's settings for it) stopped after 3 steps: resumable."""
+    cfg = replace_train(preset_config("tiny"), epochs=3, crop_size=32, steps_per_epoch=2,
+                        device="cpu", max_minutes=None)
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    out = tmp_path / "stopped"
+    assert run_training(cfg, *em_small, out, should_stop=stop).stopped
+    return out
+
+
+def test_choosing_a_run_folder_shows_its_settings_and_resume_finishes_it(
+        viewer, qtbot, em_layers, stopped_run):
+    widget = make_widget(viewer, qtbot, stopped_run.parent / "elsewhere", epochs=9)
+    widget.preset_combo.setCurrentText("cpu")
+    widget.crop_spin.setValue(64)
+    widget.output_edit.set_path(stopped_run)  # as if chosen with Browse...
+    assert widget.preset_combo.currentText() == "tiny"
+    assert widget.epochs_spin.value() == 3 and widget.crop_spin.value() == 32
+    assert widget.resume_button.isEnabled()
+    with qtbot.waitSignal(widget.finished, timeout=WAIT_MS) as sig:
+        click(qtbot, widget.resume_button)
+    wait_done(qtbot, widget)
+    assert not sig.args[0].stopped
+    last = read_checkpoint(stopped_run / "member_00" / "last.pt")
+    assert last["finished"] and last["epoch"] == 3 and last["step"] == 6
+    assert_usable(widget)
+
+
+def test_resume_with_other_settings_is_refused_naming_them(
+        viewer, qtbot, em_layers, stopped_run, notifications):
+    widget = make_widget(viewer, qtbot, stopped_run.parent / "elsewhere")
+    widget.output_edit.set_path(stopped_run)
+    widget.lr_spin.setValue(0.01)
+    widget.epochs_spin.setValue(5)  # harmless on its own
+    with qtbot.waitSignal(widget.failed, timeout=WAIT_MS):
+        click(qtbot, widget.resume_button)
+    wait_done(qtbot, widget)
+    assert "train.lr: 0.001 in the run, 0.01 now" in widget.status_label.text()
+    assert "epochs" not in widget.status_label.text().split("(only")[0]
+    last = read_checkpoint(stopped_run / "member_00" / "last.pt")
+    assert last["step"] == 3 and not last["finished"]  # untouched
+    assert_usable(widget)
+
+
+def test_resume_with_nothing_to_resume_says_so(viewer, qtbot, em_layers, tmp_path,
+                                               notifications):
+    widget = make_widget(viewer, qtbot, tmp_path)
+    (tmp_path / "run").mkdir()
+    assert not widget.resume_button.isEnabled()
+    widget._launch(resume=True)  # what the button would do, were it enabled
+    assert not widget.is_running()
+    assert any("nothing to resume in" in m and str(tmp_path / "run") in m
+               for m in notifications.messages())
