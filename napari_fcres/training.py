@@ -191,10 +191,6 @@ def _lr_lambda(decay: float, warmup_steps: int = 0) -> Callable[[int], float]:
     return factor
 
 
-def _optimizer(model: SegmentationModel, cfg: Config) -> torch.optim.Optimizer:
-    return build_optimizer(model, cfg)
-
-
 def _rng_state(gen: torch.Generator) -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
              "python": random.getstate(), "sampler": gen.get_state()}
@@ -347,7 +343,7 @@ class _MemberRun:
             self.model.to(memory_format=torch.channels_last)
         self.amp = use_amp(device)
         self.model = self.dist.convert_batchnorm(self.model)
-        self.opt = _optimizer(self.model, cfg)
+        self.opt = build_optimizer(self.model, cfg)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, _lr_lambda(t.lr_decay, t.warmup_steps)
         )
