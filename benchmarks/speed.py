@@ -306,12 +306,16 @@ def naive_predict(
     model: torch.nn.Module, image: np.ndarray, tile_size: int, overlap: int,
     device: torch.device,
 ) -> np.ndarray:
-    """The baseline: the same tiles and blending as ``predict``, one tile at a time.
+    """The baseline: the same tiles, blending and shared per-image batch-norm statistics as
+    ``predict``, one tile at a time.
 
     Batch 1, default (contiguous) memory format, fp32, ``torch.no_grad`` only (no
     ``inference_mode``, no channels_last, no autocast).
     """
+    from contextlib import nullcontext
+
     from napari_fcres.inference import _Grid
+    from napari_fcres.models.norm import SharedImageStatistics
 
     was_training = model.training
     model.to(device=device, memory_format=torch.contiguous_format)
@@ -320,14 +324,27 @@ def naive_predict(
     grid = _Grid.build(h, w, min(tile_size, max(h, w)), overlap,
                        int(getattr(model, "size_divisor", 1)))
     acc = np.zeros((h, w), dtype=np.float32)
+
+    def tile(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+        t = np.ascontiguousarray(image[r0:r1, c0:c1], dtype=np.float32)
+        return torch.from_numpy(t)[None, None].to(device)
+
+    stats = SharedImageStatistics(model)
+    shared = nullcontext()
     try:
-        for i, (r0, r1) in enumerate(grid.rows):
-            for j, (c0, c1) in enumerate(grid.cols):
-                tile = np.ascontiguousarray(image[r0:r1, c0:c1], dtype=np.float32)
-                x = torch.from_numpy(tile)[None, None].to(device)
-                with torch.no_grad():
-                    p = torch.sigmoid(model(x).float())[0, 0].cpu().numpy()
-                acc[r0:r1, c0:c1] += (grid.row_win[i][:, None] * grid.col_win[j][None, :]) * p
+        if stats and grid.n_tiles > 1:
+            with stats.collecting(), torch.no_grad():
+                for r0, r1 in grid.rows:
+                    for c0, c1 in grid.cols:
+                        model(tile(r0, r1, c0, c1))
+            shared = stats.shared()
+        with shared:
+            for i, (r0, r1) in enumerate(grid.rows):
+                for j, (c0, c1) in enumerate(grid.cols):
+                    with torch.no_grad():
+                        p = torch.sigmoid(model(tile(r0, r1, c0, c1)).float())[0, 0].cpu().numpy()
+                    wgt = grid.row_win[i][:, None] * grid.col_win[j][None, :]
+                    acc[r0:r1, c0:c1] += wgt * p
         grid.divide(acc)
     finally:
         model.train(was_training)

@@ -40,7 +40,7 @@ from . import __version__
 from .checkpoint import config_of, find_checkpoints, read_checkpoint, save_checkpoint
 from .config import Config
 from .errors import CheckpointError, InputError
-from .models import build_model, fcresnet, unet
+from .models import build_model, fcresnet, norm, unet
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ _WRAPPER = '''
 class FcresModel(nn.Module):
     """One napari-fcres model (same parameter names as in napari-fcres checkpoints)."""
 
-    def __init__(self, architecture: str, preprocessor: dict, fcresnet: dict, unet: dict) -> None:
+    def __init__(self, architecture: str, preprocessor: dict, fcresnet: dict, unet: dict,
+                 norm_stats: str = "running") -> None:
         super().__init__()
         self.architecture = architecture
         if architecture == "pipeline":
@@ -88,6 +89,7 @@ class FcresModel(nn.Module):
             divisor = self.unet.size_divisor
         else:
             raise ValueError(f"unknown architecture {architecture!r}")
+        set_norm_stats(self, norm_stats)
         self.size_divisor = divisor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,7 +155,12 @@ def architecture_source() -> str:
         "napari_fcres.models, and FcresEnsemble: the mean sigmoid probability of the members.\n"
         '"""\n',
         "from __future__ import annotations\n",
+        "from collections.abc import Iterator\nfrom contextlib import contextmanager\n\n",
         "import torch\nfrom torch import nn\nfrom torch.nn import functional as F\n\n",
+        "# --------------------------------------------------------------------------- "
+        "batch normalization\n\n",
+        _module_body(norm),
+        "\n\n",
         "# --------------------------------------------------------------------------- UNet\n\n",
         _module_body(unet),
         "\n\n# --------------------------------------------------------------------------- "
@@ -227,7 +234,12 @@ def _readme(name: str, description: str, members: list[dict], divisor: int, ckpt
         "pre-processing; feed the values as acquired (any dtype cast to float32).",
         f"* output `{OUTPUT_ID}`: foreground probability in [0, 1], same shape"
         + (f"; the mean of {len(members)} ensemble members." if len(members) > 1 else "."),
-        "* Threshold at 0.5 for a binary mask.", "",
+        "* Threshold at 0.5 for a binary mask.",
+        *(["* Every batch-norm layer normalizes by the statistics of each input image "
+            "(napari-fcres' `norm_stats: image`): feed whole images, or tiles as large as "
+            "memory allows; smaller tiles give slightly different results."]
+          if any(m.get("norm_stats") == "image" for m in members) else []),
+        "",
         "## Models", "",
     ]
     for k, (m, ck) in enumerate(zip(members, ckpts, strict=True)):
@@ -287,7 +299,8 @@ def export_bioimageio(
     members = []
     for ck in ckpts:
         m = config_of(ck).to_dict()["model"]
-        members.append({k: m[k] for k in ("architecture", "preprocessor", "fcresnet", "unet")})
+        members.append({k: m[k] for k in ("architecture", "preprocessor", "fcresnet", "unet",
+                                          "norm_stats")})
     arch_src = architecture_source()
     ns = _load_arch_module(arch_src)
     wrapper = ns[ARCH_CALLABLE](members).eval()

@@ -58,14 +58,16 @@ class ModelConfig:
     architecture: str = "pipeline"
     preset: str = "cpu"
     init: str = "he"  # "he", "glorot" (Keras' default, as in the paper) or "torch"
+    # batch-norm statistics at prediction: "image" (each image's own) or "running" (the paper's)
+    norm_stats: str = "image"
     preprocessor: UNetConfig = field(default_factory=UNetConfig)
     fcresnet: FCResNetConfig = field(default_factory=FCResNetConfig)
     unet: UNetConfig = field(default_factory=lambda: UNetConfig(base=16, depth=4, out_kernel=1))
 
 
 def same_network(a: ModelConfig, b: ModelConfig) -> bool:
-    """True when two model configs build the same network (the init scheme aside)."""
-    return dataclasses.replace(a, init=b.init) == b
+    """True when two model configs build the same network (init and prediction statistics aside)."""
+    return dataclasses.replace(a, init=b.init, norm_stats=b.norm_stats) == b
 
 
 @dataclass
@@ -188,7 +190,7 @@ class Config:
 
 #: What configs saved before ``model.init`` existed were built and trained with.
 LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "model": {"init": "torch"},
+    "model": {"init": "torch", "norm_stats": "running"},
     "unet_like": {"merge_kernel": 2, "input_norm": "none"},
     "train": {"weight_decay_mode": "coupled", "select_by": "dice", "warmup_steps": 0},
 }

@@ -128,7 +128,9 @@ class DistContext:
                 self.device or "cpu",
             )
             return model
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        from .models.norm import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(model)
 
     def loss(self, name: str) -> Callable[..., torch.Tensor]:
         """The training loss over the global batch."""

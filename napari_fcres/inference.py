@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from .errors import DeviceError, InputError, OutOfMemoryError, StoppedError
+from .models.norm import SharedImageStatistics
 
 if TYPE_CHECKING:
     from .models import SegmentationModel
@@ -331,7 +332,7 @@ def predict(
     normalized = np.zeros((depth, h, w), dtype=np.float32) if return_normalized else None
 
     grid = _Grid.build(h, w, settings.tile, settings.overlap, divisor)
-    tracker = _Progress(grid.n_tiles * len(indices) * n_models, progress)
+    tracker = _Progress(_tile_runs(model_list, grid) * len(indices), progress)
 
     saved = [_save_state(m) for m in model_list]
     try:
@@ -369,7 +370,7 @@ def predict(
                 _shrink(settings, oom_message, h, w, grid.n_tiles)
                 grid = _Grid.build(h, w, settings.tile, settings.overlap, divisor)
                 remaining = len(indices) - pos
-                tracker.total = tracker.done + grid.n_tiles * remaining * n_models
+                tracker.total = tracker.done + _tile_runs(model_list, grid) * remaining
             if normalized is not None and not has_norm:
                 normalized = None
     finally:
@@ -453,6 +454,34 @@ def _restore_state(model: torch.nn.Module, state: tuple[bool, bool]) -> None:
     model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
+def _tile_runs(models: Sequence[SegmentationModel], grid: _Grid) -> int:
+    """Tile forward passes per slice: one more per model that shares image statistics."""
+    if grid.n_tiles == 1:
+        return len(models)
+    return sum(grid.n_tiles * (2 if SharedImageStatistics(m) else 1) for m in models)
+
+
+def _collect_image_statistics(
+    model: SegmentationModel, stats: SharedImageStatistics, raw: np.ndarray, grid: _Grid,
+    batch_size: int, dev: torch.device, use_cl: bool, use_amp: bool, tracker: _Progress,
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    """First pass over a slice's tiles (each normalized by its own statistics meanwhile):
+    every "image" batch-norm layer measures its input over the whole slice.
+
+    One pass: a second one, with the measured statistics applied, moved the tiled
+    prediction further from the one-tile prediction on ISBI (BENCHMARKS.md, section 0b).
+    """
+    with stats.collecting():
+        for batch in grid.batches(batch_size):
+            if should_stop is not None and should_stop():
+                raise StoppedError("prediction stopped on request")
+            tiles = np.stack([raw[slice(*grid.rows[i]), slice(*grid.cols[j])]
+                              for i, j in batch]).astype(np.float32)
+            _run_model(model, tiles, False, dev, use_cl, use_amp, False)
+            tracker.step(len(batch))
+
+
 def _predict_slice(
     models: list[SegmentationModel],
     raw: np.ndarray,
@@ -484,20 +513,17 @@ def _predict_slice(
         acc = out if member is None else member
         if member is not None:
             member.fill(0)
-        for batch in grid.batches(batch_size):
-            if should_stop is not None and should_stop():
-                raise StoppedError("prediction stopped on request")
-            boxes = [(*grid.rows[i], *grid.cols[j]) for i, j in batch]
-            tiles = np.stack([raw[r0:r1, c0:c1] for r0, r1, c0, c1 in boxes]).astype(np.float32)
-            p, nrm = _run_model(model, tiles, tta, dev, use_cl, use_amp, has_norm)
-            if has_norm and nrm is None:
-                has_norm = False
-            for b, ((i, j), (r0, r1, c0, c1)) in enumerate(zip(batch, boxes, strict=True)):
-                wgt = grid.row_win[i][:, None] * grid.col_win[j][None, :]
-                acc[r0:r1, c0:c1] += wgt * p[b]
-                if has_norm and normalized is not None and nrm is not None:
-                    normalized[r0:r1, c0:c1] += wgt * nrm[b]
-            tracker.step(len(batch))
+        stats = SharedImageStatistics(model)
+        shared = nullcontext()
+        if stats and grid.n_tiles > 1:
+            _collect_image_statistics(model, stats, raw, grid, batch_size, dev, use_cl, use_amp,
+                                      tracker, should_stop)
+            shared = stats.shared()
+        with shared:
+            has_norm = _predict_tiles(
+                model, raw, grid, batch_size, tta, dev, use_cl, use_amp, acc,
+                normalized if has_norm else None, tracker, should_stop,
+            )
         if member is not None and spread is not None:
             grid.divide(member)
             # Welford: out holds the running mean, spread the running M2.
@@ -514,6 +540,40 @@ def _predict_slice(
         np.sqrt(np.maximum(spread, 0, out=spread), out=spread)
     if has_norm and normalized is not None:
         grid.divide(normalized, n_models)
+    return has_norm
+
+
+def _predict_tiles(
+    model: SegmentationModel,
+    raw: np.ndarray,
+    grid: _Grid,
+    batch_size: int,
+    tta: bool,
+    dev: torch.device,
+    use_cl: bool,
+    use_amp: bool,
+    acc: np.ndarray,
+    normalized: np.ndarray | None,
+    tracker: _Progress,
+    should_stop: Callable[[], bool] | None,
+) -> bool:
+    """Add one model's blend-weighted tile probabilities (and normalized images) of a slice
+    to ``acc`` (and ``normalized``); False when the model gives no normalized image."""
+    has_norm = normalized is not None
+    for batch in grid.batches(batch_size):
+        if should_stop is not None and should_stop():
+            raise StoppedError("prediction stopped on request")
+        boxes = [(*grid.rows[i], *grid.cols[j]) for i, j in batch]
+        tiles = np.stack([raw[r0:r1, c0:c1] for r0, r1, c0, c1 in boxes]).astype(np.float32)
+        p, nrm = _run_model(model, tiles, tta, dev, use_cl, use_amp, has_norm)
+        if has_norm and nrm is None:
+            has_norm = False
+        for b, ((i, j), (r0, r1, c0, c1)) in enumerate(zip(batch, boxes, strict=True)):
+            wgt = grid.row_win[i][:, None] * grid.col_win[j][None, :]
+            acc[r0:r1, c0:c1] += wgt * p[b]
+            if has_norm and normalized is not None and nrm is not None:
+                normalized[r0:r1, c0:c1] += wgt * nrm[b]
+        tracker.step(len(batch))
     return has_norm
 
 

@@ -45,7 +45,8 @@ def _model(seed: int = 0) -> SegmentationModel:
     cfg = preset_config("tiny")
     # PyTorch's default init: a random He-initialised network amplifies the zero padding
     # at tile edges far more than a trained one, which would swamp the seam comparison
-    model = build_model(dataclasses.replace(cfg.model, init="torch")).eval()
+    model = build_model(dataclasses.replace(cfg.model, init="torch",
+                                            norm_stats="running")).eval()
     last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     with torch.no_grad():
         logits = model(torch.from_numpy(_image((96, 96), seed=99))[None, None])
@@ -73,6 +74,7 @@ def model() -> SegmentationModel:
 def checkpoint(tmp_path_factory, model) -> Path:
     path = tmp_path_factory.mktemp("ck") / "best.pt"
     cfg = preset_config("tiny")
+    cfg.model.norm_stats = "running"  # as ``model`` was built
     save_checkpoint(path, {"config": cfg.to_dict(), "preset": "tiny", "architecture": "pipeline",
                            "model_state": model.state_dict()})
     return path

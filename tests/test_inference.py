@@ -35,9 +35,11 @@ def _model(seed: int = 0, architecture: str = "pipeline") -> SegmentationModel:
     """
     torch.manual_seed(seed)
     # PyTorch's default init: a random He-initialised network amplifies the zero padding
-    # at tile edges far more than a trained one, which would swamp the seam comparison
+    # at tile edges far more than a trained one, which would swamp the seam comparison.
+    # Batch norm with its running averages, so tiles are blended from one fixed network
+    # (per-image statistics shared over tiles: tests/test_norm_stats.py).
     cfg = preset_config("tiny", architecture=architecture).model
-    model = build_model(dataclasses.replace(cfg, init="torch")).eval()
+    model = build_model(dataclasses.replace(cfg, init="torch", norm_stats="running")).eval()
     last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     probe = torch.from_numpy(_image((96, 96), seed=99))[None, None]
     with torch.no_grad():

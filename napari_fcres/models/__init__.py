@@ -17,6 +17,7 @@ from ..config import ARCHITECTURES, ModelConfig, UNetConfig
 from ..errors import InputError
 from .fcresnet import FCResNet
 from .init import INIT_SCHEMES, init_weights
+from .norm import NORM_STATS, set_norm_stats
 from .unet import UNet
 
 __all__ = [
@@ -155,6 +156,10 @@ def build_model(cfg: ModelConfig) -> SegmentationModel:
     """Build the network a model config describes, initialised by ``cfg.init``."""
     if cfg.init not in INIT_SCHEMES:
         raise InputError(f"unknown init {cfg.init!r}; choose one of {', '.join(INIT_SCHEMES)}")
+    if cfg.norm_stats not in NORM_STATS:
+        raise InputError(
+            f"unknown norm_stats {cfg.norm_stats!r}; choose one of {', '.join(NORM_STATS)}"
+        )
     arch = cfg.architecture
     model: SegmentationModel
     if arch == "pipeline":
@@ -172,6 +177,7 @@ def build_model(cfg: ModelConfig) -> SegmentationModel:
             f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}"
         )
     init_weights(model, cfg.init)
+    set_norm_stats(model, cfg.norm_stats)
     return model
 
 

@@ -21,10 +21,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .norm import ImageBatchNorm2d
+
 
 def _bn_relu_conv(in_ch: int, out_ch: int, k: int, stride: int = 1) -> list[nn.Module]:
     return [
-        nn.BatchNorm2d(in_ch),
+        ImageBatchNorm2d(in_ch),
         nn.ReLU(inplace=False),
         nn.Conv2d(in_ch, out_ch, k, stride=stride, padding=k // 2, bias=False),
     ]
@@ -147,12 +149,12 @@ class FCResNet(nn.Module):
         self.up_simple = SimpleBlock(ch, simple_width, "up", p)  # Up 4
         self.stem_skip = _Shortcut(stem_width, simple_width, "plain")
         self.up_conv = nn.Sequential(  # Up 5
-            nn.BatchNorm2d(simple_width),
+            ImageBatchNorm2d(simple_width),
             nn.ReLU(),
             nn.Conv2d(simple_width, stem_width, 3, padding=1),
         )
         self.classifier = nn.Sequential(
-            nn.BatchNorm2d(stem_width), nn.ReLU(), nn.Conv2d(stem_width, 1, 1)
+            ImageBatchNorm2d(stem_width), nn.ReLU(), nn.Conv2d(stem_width, 1, 1)
         )
         self.n_down = 1 + len(stage_widths)
 

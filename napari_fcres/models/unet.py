@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .norm import ImageBatchNorm2d
+
 INPUT_NORMS = ("none", "batch", "instance")
 
 
@@ -53,7 +55,7 @@ class InputNorm(nn.Module):
         super().__init__()
         self.mode = mode
         self.norm = (nn.InstanceNorm2d(1, affine=True, eps=eps) if mode == "instance"
-                     else nn.BatchNorm2d(1, eps=eps))
+                     else ImageBatchNorm2d(1, eps=eps))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x.float()).to(x.dtype)
