@@ -89,7 +89,7 @@ def _own_tile_statistics(model: SegmentationModel, image: np.ndarray, tile: int)
     shared = inference.SharedImageStatistics
     inference.SharedImageStatistics = lambda _m: [] # type: ignore[assignment,misc]
     try:
-        return predict(model, image, tile_size=tile).probabilities
+        return predict(model, image, tile_size=tile, overlap=min(64, tile // 4)).probabilities
     finally:
         inference.SharedImageStatistics = shared  # type: ignore[misc]
 
@@ -111,7 +111,7 @@ def run(paths: list[str], image: np.ndarray, labels: np.ndarray, train: np.ndarr
     for tile in tiles:
         for kind in ("shared", "own"):
             if kind == "shared":
-                p = predict(models, image, tile_size=tile).probabilities
+                p = predict(models, image, tile_size=tile, overlap=min(64, tile // 4)).probabilities
             else:
                 p = np.mean([_own_tile_statistics(m, image, tile) for m in models], axis=0)
             s = isbi_scores(p, labels, foreground_value=foreground)
