@@ -473,13 +473,21 @@ def _collect_image_statistics(
     prediction further from the one-tile prediction on ISBI (BENCHMARKS.md, section 0b).
     """
     with stats.collecting():
-        for batch in grid.batches(batch_size):
-            if should_stop is not None and should_stop():
-                raise StoppedError("prediction stopped on request")
-            tiles = np.stack([raw[slice(*grid.rows[i]), slice(*grid.cols[j])]
-                              for i, j in batch]).astype(np.float32)
+        for batch, _boxes, tiles in _tile_batches(raw, grid, batch_size, should_stop):
             _run_model(model, tiles, False, dev, use_cl, use_amp, False)
             tracker.step(len(batch))
+
+
+def _tile_batches(
+    raw: np.ndarray, grid: _Grid, batch_size: int, should_stop: Callable[[], bool] | None,
+) -> Iterator[tuple[list[tuple[int, int]], list[tuple[int, int, int, int]], np.ndarray]]:
+    """Batches of a slice's tiles: grid indices, boxes and float32 pixels; polls the stop."""
+    for batch in grid.batches(batch_size):
+        if should_stop is not None and should_stop():
+            raise StoppedError("prediction stopped on request")
+        boxes = [(*grid.rows[i], *grid.cols[j]) for i, j in batch]
+        tiles = np.stack([raw[r0:r1, c0:c1] for r0, r1, c0, c1 in boxes]).astype(np.float32)
+        yield batch, boxes, tiles
 
 
 def _predict_slice(
@@ -560,11 +568,7 @@ def _predict_tiles(
     """Add one model's blend-weighted tile probabilities (and normalized images) of a slice
     to ``acc`` (and ``normalized``); False when the model gives no normalized image."""
     has_norm = normalized is not None
-    for batch in grid.batches(batch_size):
-        if should_stop is not None and should_stop():
-            raise StoppedError("prediction stopped on request")
-        boxes = [(*grid.rows[i], *grid.cols[j]) for i, j in batch]
-        tiles = np.stack([raw[r0:r1, c0:c1] for r0, r1, c0, c1 in boxes]).astype(np.float32)
+    for batch, boxes, tiles in _tile_batches(raw, grid, batch_size, should_stop):
         p, nrm = _run_model(model, tiles, tta, dev, use_cl, use_amp, has_norm)
         if has_norm and nrm is None:
             has_norm = False
