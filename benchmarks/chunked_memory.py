@@ -24,13 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by file path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import thread_env  # noqa: E402
 
 log = logging.getLogger("chunked_memory")
 
@@ -106,7 +109,7 @@ def _run_limited(cli_args: list[str], limit_mib: int, threads: int) -> dict:
             cap = limit_mib * 2**20
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MALLOC_ARENA_MAX": "2"}
+    env = {**thread_env(threads), "MALLOC_ARENA_MAX": "2"}
     cmd = [sys.executable, __file__, "--worker", "--", *cli_args]
     proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8",
                           errors="replace", preexec_fn=limit, env=env,

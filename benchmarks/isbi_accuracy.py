@@ -55,6 +55,19 @@ import numpy as np
 log = logging.getLogger("isbi_accuracy")
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # loaded by file path
+    sys.path.insert(0, str(HERE))
+from _common import (  # noqa: E402
+    ISBI_FOREGROUND,
+    load_config,
+    load_isbi,
+    load_sample,
+    local_isbi_dir,
+    set_torch_threads,
+    shared_isbi_dir,
+    thread_env,
+)
+
 METHODS: tuple[str, ...] = (
     "ours", "ours-ensemble", "ours-dice", "fcresnet-standardize", "fcresnet-rescale", "unet",
     "torch-em-unet", "random-forest", "smoothed-raw",
@@ -66,9 +79,7 @@ FCRES_ARCH: dict[str, str] = {
     "fcresnet-standardize", "fcresnet-rescale": "fcresnet-rescale", "unet": "unet",
 }
 BENCH_VENV_PYTHON = Path("/tmp/bench-venv/bin/python")
-FOREGROUND = 255
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-              "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+FOREGROUND = ISBI_FOREGROUND
 
 
 # --------------------------------------------------------------------------- data and folds
@@ -78,20 +89,19 @@ def load_data(quick: bool) -> tuple[np.ndarray, np.ndarray, str]:
     """``(image, labels, source)``: the ISBI 2012 training stack (255 = cell interior).
 
     Quick mode takes 6 slices cropped to 64x64 and falls back to the synthetic sample
-    stack when ISBI 2012 is not in ``SHARED_ISBI_DIR``.
+    stack when ISBI 2012 is not on disk (``_common.local_isbi_dir``: ``$NAPARI_FCRES_ISBI_DIR``
+    or the shared copy beside the checkout); it is never downloaded here.
     """
-    from napari_fcres.sample_data import SHARED_ISBI_DIR, load_isbi2012, load_sample_stack
-
-    if (SHARED_ISBI_DIR / "train-volume.tif").is_file():
-        data = load_isbi2012(local_dir=SHARED_ISBI_DIR)
-        image, labels = data["train_image"], data["train_labels"]
-        source = f"ISBI 2012 train volume ({SHARED_ISBI_DIR})"
+    folder = local_isbi_dir()
+    if folder is not None:
+        image, labels = load_isbi(local_dir=folder)
+        source = f"ISBI 2012 train volume ({folder})"
     elif quick:
-        image, labels = load_sample_stack()
+        image, labels = load_sample()
         labels = np.where(labels == labels.max(), FOREGROUND, 0).astype(np.uint8)
         source = "synthetic sample stack (ISBI 2012 not found)"
     else:
-        raise SystemExit(f"ISBI 2012 not found in {SHARED_ISBI_DIR}; run `fcres fetch-isbi`")
+        raise SystemExit(f"ISBI 2012 not found in {shared_isbi_dir()}; run `fcres fetch-isbi`")
     if quick:
         z0, y0 = 0, image.shape[1] // 2 - 32
         image = image[z0:z0 + 6, y0:y0 + 64, y0:y0 + 64]
@@ -149,31 +159,21 @@ def _limit_threads(method: str, threads: int, device: str) -> None:
         return
     import torch
 
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(threads)
-    except RuntimeError:
-        pass
+    set_torch_threads(threads, interop=True)
     log.info("worker: torch threads %d, device %s", torch.get_num_threads(), device)
 
 
 def _worker_fcres(spec: dict[str, Any], data: dict[str, np.ndarray]) -> dict[str, Any]:
     """Train a napari_fcres architecture with the library's own loop; predict the test slices."""
-    from napari_fcres.config import config_from_mapping, preset_config
     from napari_fcres.inference import load_models, predict
     from napari_fcres.training import TrainProgress, replace_train, run_training
 
     method, run_dir = spec["method"], Path(spec["run_dir"])
     arch = FCRES_ARCH[method]
     if spec.get("config_yaml"):
-        import yaml
-
-        raw = yaml.safe_load(Path(spec["config_yaml"]).read_text()) or {}
-        raw.pop("run", None)
-        raw.setdefault("model", {})["architecture"] = arch
-        cfg = config_from_mapping(raw)
+        cfg = load_config(spec["config_yaml"], architecture=arch)
     else:
-        cfg = preset_config(spec["preset"], architecture=arch)
+        cfg = load_config(preset=spec["preset"], architecture=arch)
     cfg.data.foreground_value = FOREGROUND
     k = spec["ensemble"] if method == "ours-ensemble" else 1
     changes: dict[str, Any] = dict(
@@ -299,9 +299,7 @@ class Task:
 
 def run_tasks(tasks: list[Task], jobs: int, spec_dir: Path) -> None:
     """Run the tasks, at most ``jobs`` at a time, each in its own single-thread process."""
-    env = dict(os.environ)
-    for name in THREAD_ENV:
-        env[name] = str(tasks[0].spec["threads"]) if tasks else "1"
+    env = thread_env(tasks[0].spec["threads"] if tasks else 1)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     pending, running = [], []
     for t in tasks:

@@ -34,15 +34,17 @@ from napari_fcres.metrics import isbi_scores
 from napari_fcres.models import SegmentationModel
 from napari_fcres.models.norm import ImageBatchNorm2d, set_norm_stats
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by file path (the tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    ISBI_FOREGROUND,
+    load_isbi,
+    load_sample,
+    parse_slices,
+    set_torch_threads,
+)
+
 log = logging.getLogger("norm_stats")
-
-
-def parse_slices(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        a, _, b = part.partition("-")
-        out += list(range(int(a), int(b or a) + 1))
-    return out
 
 
 def _norm_layers(model: SegmentationModel) -> list[tuple[str, ImageBatchNorm2d]]:
@@ -154,26 +156,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny untrained model, synthetic stack")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     if args.quick:
         import tempfile
 
-        from napari_fcres.sample_data import load_sample_stack
-
-        img, lab = load_sample_stack()
+        img, lab = load_sample()
         image, labels, train = img[:2, :128, :128], lab[:2, :128, :128], img[2:4, :128, :128]
         tmp = Path(tempfile.mkdtemp(prefix="norm_stats_"))
         paths, foreground, tiles = _quick_models(tmp), int(lab.max()), [64]
     else:
         if not args.models:
             p.error("--models is required (or --quick)")
-        from napari_fcres.sample_data import load_isbi2012
-
-        d = load_isbi2012()
-        image = d["train_image"][parse_slices(args.slices)]
-        labels = d["train_labels"][parse_slices(args.slices)]
-        train = d["train_image"][parse_slices(args.train_slices)]
-        paths, foreground, tiles = args.models, 255, args.tiles
+        isbi_image, isbi_labels = load_isbi()
+        image = isbi_image[parse_slices(args.slices)]
+        labels = isbi_labels[parse_slices(args.slices)]
+        train = isbi_image[parse_slices(args.train_slices)]
+        paths, foreground, tiles = args.models, ISBI_FOREGROUND, args.tiles
     result = run(paths, image, labels, train, tiles, foreground)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

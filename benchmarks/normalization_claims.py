@@ -53,10 +53,19 @@ import numpy as np
 log = logging.getLogger("normalization_claims")
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a source checkout without installing
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "benchmarks"):  # a source checkout without installing; _common
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+from _common import (  # noqa: E402
+    ISBI_FOREGROUND,
+    init_one_core_worker,
+    load_isbi,
+    load_sample,
+    local_isbi_dir,
+    thread_env,
+)
 
-FOREGROUND = 255
+FOREGROUND = ISBI_FOREGROUND
 TRAIN_SLICES = range(0, 20)
 TEST_SLICES = range(20, 30)
 DEFAULT_ARCHS = ("pipeline", "fcresnet-raw", "fcresnet-standardize")
@@ -91,17 +100,14 @@ def load_data(kind: str, quick: bool) -> dict[str, Any]:
     stack), ``isbi`` (downloads if needed) or ``synthetic``.  Quick mode keeps four
     training and two test slices, cropped to 128 x 128.
     """
-    from napari_fcres import sample_data as sd
-
-    local = os.environ.get(sd.ISBI_DIR_ENV) or sd._complete_dir(sd.SHARED_ISBI_DIR)
+    local = local_isbi_dir()
     if kind == "isbi" or (kind == "auto" and (local or not quick)):
-        data = sd.load_isbi2012()
-        image, labels = data["train_image"], data["train_labels"]
+        image, labels = load_isbi()
         train, test, source = list(TRAIN_SLICES), list(TEST_SLICES), "ISBI 2012 train-volume"
     else:
         if kind == "auto":
             log.warning("ISBI 2012 not found locally; quick mode uses the synthetic sample stack")
-        image, labels = sd.load_sample_stack()
+        image, labels = load_sample()
         train, test, source = list(range(0, 10)), list(range(10, 16)), "synthetic sample stack"
     if quick:
         train, test = train[:4], test[:2]
@@ -155,21 +161,6 @@ def apply_shift(image: np.ndarray, shift: str, seed: int = 0) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- workers
-
-
-def _init_worker(level: int) -> None:
-    """Worker set-up: one CPU thread per process, logging."""
-    os.environ["OMP_NUM_THREADS"] = "1"
-    os.environ["MKL_NUM_THREADS"] = "1"
-    import torch
-
-    torch.set_num_threads(1)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set in this process
-        pass
-    logging.basicConfig(level=level, format=f"%(asctime)s [worker {os.getpid()}] %(message)s",
-                        datefmt="%H:%M:%S", force=True)
 
 
 def _score(models: Any, image: np.ndarray, labels: np.ndarray, device: str) -> dict[str, Any]:
@@ -264,12 +255,12 @@ def run_pool(
     """Run ``fn`` over ``specs`` in ``jobs`` single-threaded worker processes."""
     import multiprocessing as mp
 
-    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned workers
-    os.environ["MKL_NUM_THREADS"] = "1"
+    os.environ.update(thread_env(1, base={}))  # inherited by the spawned workers
     results: list[dict[str, Any]] = []
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx,
-                             initializer=_init_worker, initargs=(log.getEffectiveLevel(),)) as ex:
+                             initializer=init_one_core_worker,
+                             initargs=(log.getEffectiveLevel(),)) as ex:
         futures = {ex.submit(fn, s): s for s in specs}
         for fut in as_completed(futures):
             try:

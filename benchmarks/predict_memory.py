@@ -15,6 +15,11 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by file path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import set_torch_threads  # noqa: E402
 
 log = logging.getLogger("predict_memory")
 
@@ -31,7 +36,7 @@ def _worker(args: argparse.Namespace) -> dict[str, float | int | str]:
 
     from napari_fcres.inference import load_models, predict
 
-    torch.set_num_threads(args.threads) if args.threads else None
+    set_torch_threads(args.threads)
     if args.checkpoint:
         models = load_models([args.checkpoint], device=args.device)
         name = args.checkpoint

@@ -64,6 +64,10 @@ TRAIN_BATCH = {"tiny": 4, "cpu": 4, "small": 2, "paper": 2}
 DICE_LEVELS = (0.90, 0.93, 0.95)
 MEMORY_SIZES = (1024, 4096, 8192, 16384)
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # loaded by file path (the tests)
+    sys.path.insert(0, str(HERE))
+from _common import load_sample, set_torch_threads  # noqa: E402
+
 # A forked child's ru_maxrss starts at its parent's resident size (Linux keeps the pre-exec
 # high-water mark), and this process holds torch and trained models.  The memory workers are
 # therefore started by a small relay process, so their peak is their own.
@@ -163,10 +167,9 @@ def bench_train(
 ) -> list[dict[str, Any]]:
     """Images/s of full training steps (``_MemberRun._train_step``) per preset and device."""
     from napari_fcres.config import preset_config
-    from napari_fcres.sample_data import load_sample_stack
     from napari_fcres.training import _MemberRun, prepare_data, replace_train
 
-    image, labels = load_sample_stack()
+    image, labels = load_sample()
     rows: list[dict[str, Any]] = []
     for dev in devices:
         for preset in presets:
@@ -715,8 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     parts = PARTS if args.part == "all" else (args.part,)
     args.repeats, args.heavy_repeats = max(1, args.repeats), max(1, args.heavy_repeats)
     devices = resolve_devices(args.device)

@@ -30,49 +30,35 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from napari_fcres.config import config_from_mapping
 from napari_fcres.inference import predict
 from napari_fcres.metrics import isbi_scores
 from napari_fcres.models import count_parameters
 from napari_fcres.training import _MemberRun, prepare_data
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by file path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    ISBI_FOREGROUND,
+    dotted_overrides,
+    load_config,
+    load_isbi,
+    load_sample,
+    parse_slices,
+    set_torch_threads,
+)
+
 log = logging.getLogger("training_health")
 DEAD = 1e-6
-
-
-def parse_slices(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        a, _, b = part.partition("-")
-        out += list(range(int(a), int(b or a) + 1))
-    return out
 
 
 def load(data: str) -> tuple[np.ndarray, np.ndarray, int]:
     """Image, labels and the foreground value."""
     if data == "isbi":
-        from napari_fcres.sample_data import load_isbi2012
-
-        d = load_isbi2012()
-        return d["train_image"], d["train_labels"], 255
-    from napari_fcres.sample_data import load_sample_stack
-
-    img, lab = load_sample_stack()
+        image, labels = load_isbi()
+        return image, labels, ISBI_FOREGROUND
+    img, lab = load_sample()
     return img, lab, int(lab.max())
-
-
-def overrides(pairs: list[str]) -> dict[str, Any]:
-    raw: dict[str, Any] = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
-    return raw
 
 
 def conv_stats(model: torch.nn.Module, with_grad: bool) -> dict[str, dict[str, float]]:
@@ -98,16 +84,15 @@ def score(model: torch.nn.Module, image: np.ndarray, labels: np.ndarray, fg: int
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     image, labels, fg = load(args.data)
     train_idx, test_idx = parse_slices(args.train_slices), parse_slices(args.test_slices)
-    raw = overrides(args.set)
-    raw.setdefault("model", {}).setdefault("preset", args.preset)
+    raw = dotted_overrides(args.set)
     raw.setdefault("train", {})
     raw["train"].update({"epochs": args.epochs, "device": "cpu", "seed": args.seed})
     raw["train"].setdefault("patience", 10**6)
     raw.setdefault("data", {})["foreground_value"] = fg
-    cfg = config_from_mapping(raw)
+    cfg = load_config(overrides=raw, preset=args.preset)
     data = prepare_data(image[train_idx], labels[train_idx], cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

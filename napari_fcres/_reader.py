@@ -73,7 +73,7 @@ def get_reader(path: str | list[str]) -> ReaderFunction | None:
 
 def read_zarr(path: str | list[str]) -> list[LayerData]:
     """OME-Zarr stores / zarr arrays as lazy (dask) layers; all labels of a labels-only store."""
-    from .chunked import ome_zarr_label_names, zarr_layer_data
+    from .ome_zarr import ome_zarr_label_names, zarr_layer_data
 
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     layers: list[LayerData] = []

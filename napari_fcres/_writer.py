@@ -40,8 +40,8 @@ def write_labels_nifti(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
 
 def write_labels_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """Write a labels layer as OME-Zarr image-label ``<path>/labels/<layer name>``."""
-    from .chunked import ngff_version_for, write_ome_zarr_labels
     from .errors import InputError
+    from .ome_zarr import ngff_version_for, write_ome_zarr_labels
 
     if meta.get("multiscale") or isinstance(data, (list, tuple)):
         data = data[0]  # the full-resolution level

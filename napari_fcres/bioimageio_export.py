@@ -37,10 +37,11 @@ import torch
 import yaml
 
 from . import __version__
-from .checkpoint import config_of, find_checkpoints, read_checkpoint, save_checkpoint
+from .checkpoint import config_of, read_checkpoint, save_checkpoint
 from .config import Config
 from .errors import CheckpointError, InputError
 from .models import build_model, fcresnet, norm, unet
+from .runs import best_path, find_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -288,8 +289,7 @@ def export_bioimageio(
     checks the package with bioimageio.spec when that is installed.  Returns
     the zip's path.
     """
-    paths = find_checkpoints([checkpoints] if isinstance(checkpoints, (str, Path))
-                             else list(checkpoints))
+    paths = find_checkpoints(checkpoints)
     if not paths:
         raise InputError("no checkpoint given")
     out_path = Path(out_path)
@@ -482,9 +482,9 @@ def import_bioimageio(
     """Checkpoint(s) of a package written by :func:`export_bioimageio`, to predict or fine-tune.
 
     One model (or ``member=k`` of an ensemble) is written to the file ``out``
-    (a folder ``out`` gets ``out/best.pt``); an ensemble without ``member`` to
-    ``out/member_KK/best.pt``, usable as ``--models out``.  Returns the file
-    or folder written.
+    (a folder ``out`` gets its best checkpoint, :func:`napari_fcres.runs.best_path`); an
+    ensemble without ``member`` to the best checkpoints of a run folder ``out``, usable
+    as ``--models out``.  Returns the file or folder written.
     """
     package, out = Path(package), Path(out)
     rdf, read = _read_package(package)
@@ -524,8 +524,8 @@ def import_bioimageio(
         return save_checkpoint(path, payload)
 
     if len(chosen) == 1:
-        path = out / "best.pt" if out.is_dir() or out.suffix == "" else out
+        path = best_path(out) if out.is_dir() or out.suffix == "" else out
         return write(chosen[0], path)
     for k in chosen:
-        write(k, out / f"member_{k:02d}" / "best.pt")
+        write(k, best_path(out, k))
     return out

@@ -22,6 +22,8 @@ from . import __version__
 from .config import Config
 from .errors import CheckpointError, FcresError
 from .models import SegmentationModel, build_model
+from .runs import find_checkpoints as find_checkpoints  # re-export: runs.py owns finding
+from .runs import single_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +98,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and check a checkpoint dict; raise :class:`CheckpointError` if unusable."""
     path = Path(path)
     if path.is_dir():
-        candidates = sorted(path.glob("**/best.pt"))
-        if len(candidates) != 1:
-            raise CheckpointError(
-                f"{path} is a folder holding {len(candidates)} best.pt checkpoints; "
-                "name one file (or pass the folder where an ensemble is accepted)"
-            )
-        path = candidates[0]
+        path = single_checkpoint(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -166,19 +162,3 @@ def load_model(
     model = model_from_checkpoint(data)
     model.to(device).eval()
     return model, data
-
-
-def find_checkpoints(paths: list[str | Path] | tuple[str | Path, ...]) -> list[Path]:
-    """Expand files and folders (all ``best.pt`` below a folder) into checkpoint files."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(p.glob("**/best.pt"))
-            if not found:
-                raise CheckpointError(f"no best.pt checkpoint found under {p}")
-            out.extend(found)
-        elif p.exists():
-            out.append(p)
-        else:
-            raise CheckpointError(f"checkpoint not found: {p}")
-    return out

@@ -1,4 +1,4 @@
-"""Prediction of volumes larger than memory, and OME-Zarr reading and writing.
+"""Prediction of volumes larger than memory, block by block.
 
 :func:`predict_chunked` reads a chunked array (a zarr array, the first level of
 an OME-Zarr image, a dask array, or anything sliceable with ``.shape``) block by
@@ -7,12 +7,8 @@ writes the block's centre into a zarr array, so memory is bounded by the block
 size, never by the volume.
 
 Blocks
-    The models are 2D and work slice by slice along ``axis``, so along that
-    axis a block is a group of whole slices and needs no halo.  Across the
-    slices (Y/X) a block that does not span the whole slice is read with a
-    ``halo`` of context on each side (clipped at the volume border) and the
-    halo is cropped after prediction.  The read region starts on a multiple of
-    the models' size divisor, so the pooling grid matches the whole-volume one.
+    Planned by :mod:`napari_fcres.blocks`: whole slices along ``axis``, a
+    ``halo`` of context across the slices (Y/X), cropped after prediction.
     When the blocks span whole slices the result equals in-memory
     :func:`~napari_fcres.inference.predict` exactly; with Y/X blocks it differs
     as tiles do (``halo`` = ``overlap`` by default: a few 1e-3 at most).
@@ -26,19 +22,20 @@ Memory
     number of target chunks, or ends at the border), so blocks can also be
     written concurrently by :mod:`dask.distributed` workers (``client=``).
 
-OME-Zarr
-    :func:`write_ome_zarr_labels` / :func:`create_ome_zarr_labels` write a
-    ``labels/<name>`` image-label group (NGFF 0.4 on zarr v2, or 0.5 on zarr
-    v3), :func:`create_ome_zarr_image` an image group, and
-    :func:`read_ome_zarr` returns the levels of a multiscale image as dask
-    arrays with their metadata.  The metadata is written by hand following
-    the NGFF specification (ome-zarr-py is not needed; the tests read our
-    output back with it when it is installed).
+Labels
+    :func:`predict_zarr_labels` predicts into an OME-Zarr image-label
+    (``binary`` 0/1 or per-slice ``instances``, the second made by a pass
+    over slabs of whole slices, :func:`instance_labels_chunked`);
+    :func:`predict_ome_zarr` does the same from an OME-Zarr image path (the
+    CLI's ``predict --chunked``).  The Predict widget calls the former.
+
+OME-Zarr reading and writing lives in :mod:`napari_fcres.ome_zarr` (no torch);
+its names and those of :mod:`napari_fcres.blocks` are re-exported here for
+older imports.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -48,7 +45,28 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .blocks import (
+    DEFAULT_BLOCK_VOXELS,
+    Block,
+    check_aligned,
+    chunks_of,
+    default_block_shape,
+    default_chunks,
+    plan_blocks,
+    read_region,
+)
 from .errors import InputError, StoppedError
+from .ome_zarr import (
+    NGFF_VERSIONS,
+    create_ome_zarr_image,
+    create_ome_zarr_labels,
+    ngff_version_for,
+    ome_zarr_label_names,
+    read_ome_zarr,
+    spatial_level,
+    write_ome_zarr_labels,
+    zarr_layer_data,
+)
 
 if TYPE_CHECKING:
     import zarr
@@ -57,9 +75,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "predict_chunked",
+    "predict_zarr_labels",
     "predict_ome_zarr",
-    "plan_blocks",
+    "ChunkedLabels",
+    "LABEL_MODES",
+    "instance_labels_chunked",
     "open_source",
+    "create_array",
+    # re-exported from napari_fcres.blocks and napari_fcres.ome_zarr
+    "DEFAULT_BLOCK_VOXELS",
+    "Block",
+    "plan_blocks",
+    "default_chunks",
+    "default_block_shape",
+    "NGFF_VERSIONS",
     "read_ome_zarr",
     "spatial_level",
     "write_ome_zarr_labels",
@@ -68,128 +97,12 @@ __all__ = [
     "zarr_layer_data",
     "ngff_version_for",
     "ome_zarr_label_names",
-    "instance_labels_chunked",
 ]
 
 log = logging.getLogger(__name__)
 
-NGFF_VERSIONS = ("0.4", "0.5")
-DEFAULT_BLOCK_VOXELS = 2**24
-_SPATIAL_NAMES = {2: ("y", "x"), 3: ("z", "y", "x")}
-
-
-# ----------------------------------------------------------------------------- blocks
-
-
-@dataclass(frozen=True)
-class Block:
-    """One block: ``inner`` is written, ``outer`` (inner plus halo) is read."""
-
-    inner: tuple[slice, ...]
-    outer: tuple[slice, ...]
-
-    @property
-    def crop(self) -> tuple[slice, ...]:
-        """``inner`` relative to ``outer``."""
-        return tuple(
-            slice(i.start - o.start, i.stop - o.start)
-            for i, o in zip(self.inner, self.outer, strict=True)
-        )
-
-
-def plan_blocks(
-    shape: Sequence[int],
-    block_shape: Sequence[int],
-    *,
-    axis: int = 0,
-    halo: int = 0,
-    divisor: int = 1,
-) -> list[Block]:
-    """Blocks tiling ``shape``; Y/X blocks get ``halo`` (slicing ``axis`` of a 3D volume none).
-
-    The read region of a block starts on a multiple of ``divisor`` (the models'
-    pooling grid) and is clipped at the borders.
-    """
-    shape = tuple(int(n) for n in shape)
-    block_shape = tuple(int(b) for b in block_shape)
-    if len(block_shape) != len(shape):
-        raise InputError(f"block shape {block_shape} does not match the volume shape {shape}")
-    if any(b < 1 for b in block_shape):
-        raise InputError(f"block shape must be positive, got {block_shape}")
-    if halo < 0:
-        raise InputError(f"halo must be non-negative, got {halo}")
-    no_halo = axis % len(shape) if len(shape) == 3 else None
-    per_axis: list[list[tuple[slice, slice]]] = []
-    for ax, (n, b) in enumerate(zip(shape, block_shape, strict=True)):
-        spans = []
-        for start in range(0, n, b):
-            stop = min(n, start + b)
-            if ax == no_halo or (start == 0 and stop == n):
-                spans.append((slice(start, stop), slice(start, stop)))
-                continue
-            lo = max(0, start - halo) // divisor * divisor
-            hi = min(n, stop + halo)
-            spans.append((slice(start, stop), slice(lo, hi)))
-        per_axis.append(spans)
-    blocks = []
-    for combo in np.ndindex(*(len(s) for s in per_axis)):
-        parts = [per_axis[ax][i] for ax, i in enumerate(combo)]
-        blocks.append(Block(tuple(p[0] for p in parts), tuple(p[1] for p in parts)))
-    return blocks
-
-
-def _chunks_of(array: Any) -> tuple[int, ...] | None:
-    """Write granularity of a zarr array (shards where sharded) or a dask array's chunks."""
-    shards = getattr(array, "shards", None)
-    if shards:
-        return tuple(int(c) for c in shards)
-    chunks = getattr(array, "chunks", None)
-    if chunks is None:
-        return None
-    if chunks and isinstance(chunks[0], tuple):  # dask: per-axis tuples of chunk sizes
-        return tuple(int(max(c)) for c in chunks)
-    return tuple(int(c) for c in chunks)
-
-
-def default_chunks(shape: Sequence[int], axis: int = 0) -> tuple[int, ...]:
-    """Chunks for a new output: one slice along ``axis``, up to 1024 pixels in Y/X."""
-    shape = tuple(int(n) for n in shape)
-    slicing = axis % 3 if len(shape) == 3 else None
-    return tuple(1 if ax == slicing else min(n, 1024) for ax, n in enumerate(shape))
-
-
-def default_block_shape(
-    shape: Sequence[int], chunks: Sequence[int], axis: int = 0,
-    max_voxels: int = DEFAULT_BLOCK_VOXELS,
-) -> tuple[int, ...]:
-    """One chunk along ``axis``; whole chunks in Y/X, grown while under ``max_voxels``."""
-    shape = tuple(int(n) for n in shape)
-    block = [min(int(c), n) for c, n in zip(chunks, shape, strict=True)]
-    slicing = axis % 3 if len(shape) == 3 else None
-    spatial = [ax for ax in range(len(shape)) if ax != slicing]
-    while True:
-        grown = False
-        for ax in spatial:
-            if block[ax] >= shape[ax]:
-                continue
-            trial = list(block)
-            trial[ax] = min(shape[ax], block[ax] + int(chunks[ax]))
-            if math.prod(trial) <= max_voxels:
-                block, grown = trial, True
-        if not grown:
-            return tuple(block)
-
-
-def _check_aligned(block_shape: Sequence[int], target: Any, shape: Sequence[int]) -> None:
-    chunks = _chunks_of(target)
-    if chunks is None:
-        return
-    for b, c, n in zip(block_shape, chunks, shape, strict=True):
-        if b % c and b < n:
-            raise InputError(
-                f"block shape {tuple(block_shape)} is not a whole number of the output's "
-                f"chunks {chunks}; pick a multiple so that blocks never share a chunk"
-            )
+#: Label modes that work block by block ("largest" needs the whole volume).
+LABEL_MODES = ("binary", "instances")
 
 
 # ----------------------------------------------------------------------------- sources
@@ -205,13 +118,6 @@ def open_source(source: Any) -> Any:
             "a dask array, a numpy array or the path of a .zarr store"
         )
     return source
-
-
-def _read(source: Any, region: tuple[slice, ...]) -> np.ndarray:
-    block = source[region]
-    if hasattr(block, "compute"):
-        block = block.compute()
-    return np.asarray(block)
 
 
 def _check_source(source: Any, axis: int) -> None:
@@ -349,7 +255,7 @@ def predict_chunked(
     if target is None and labels_target is None:
         raise InputError("nothing to write: give a target array (or labels_target)")
     if isinstance(target, (str, Path)):
-        target = create_array(target, shape, dtype, _chunks_of(src) or default_chunks(shape, axis))
+        target = create_array(target, shape, dtype, chunks_of(src) or default_chunks(shape, axis))
     for name, arr in (("target", target), ("labels_target", labels_target)):
         if arr is not None and tuple(arr.shape) != shape:
             raise InputError(f"{name} has shape {tuple(arr.shape)}, the volume {shape}")
@@ -357,11 +263,11 @@ def predict_chunked(
         _to_output(np.zeros(1, np.float32), np.dtype(target.dtype))  # dtype check
     ref = target if target is not None else labels_target
     if block_shape is None:
-        chunks = _chunks_of(ref) or _chunks_of(src) or default_chunks(shape, axis)
+        chunks = chunks_of(ref) or chunks_of(src) or default_chunks(shape, axis)
         block_shape = default_block_shape(shape, chunks, axis)
     for arr in (target, labels_target):
         if arr is not None:
-            _check_aligned(block_shape, arr, shape)
+            check_aligned(block_shape, arr, shape)
     blocks = plan_blocks(shape, block_shape, axis=axis, halo=halo, divisor=divisor)
     settings = _BlockSettings(axis, tile_size, overlap, batch_size, tta, str(device), threshold)
     log.info(
@@ -376,7 +282,7 @@ def predict_chunked(
     for k, block in enumerate(blocks):
         if should_stop is not None and should_stop():
             raise StoppedError(f"prediction stopped on request after {k} of {len(blocks)} blocks")
-        raw = _read(src, block.outer)
+        raw = read_region(src, block.outer)
         probs = _predict_block(model_list, raw, block.crop, settings, should_stop)
         del raw
         _write_block(probs, block.inner, target, labels_target, threshold)
@@ -398,25 +304,103 @@ def create_array(
     )
 
 
+@dataclass
+class ChunkedLabels:
+    """Where :func:`predict_zarr_labels` wrote, and how many instances it found."""
+
+    labels_path: Path
+    probabilities_path: Path | None
+    mode: str
+    instances: int | None  # the instance count in ``instances`` mode, else None
+
+
+def predict_zarr_labels(
+    models: Sequence[SegmentationModel | str | Path] | SegmentationModel | str | Path,
+    source: Any,
+    out: str | Path,
+    name: str,
+    *,
+    mode: str = "binary",
+    spacing: Sequence[float] | None = None,
+    probabilities: str | Path | None = None,
+    threshold: float = 0.5,
+    ngff_version: str | None = None,
+    workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    label_progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **kwargs: Any,
+) -> ChunkedLabels:
+    """Predict ``source`` block by block into the OME-Zarr image-label ``out/labels/<name>``.
+
+    ``mode``: ``binary`` (uint8 0/1, written with the probabilities) or ``instances``
+    (uint32 per-slice instance ids along axis 0, made by a second pass over slabs of whole
+    slices, as :func:`~napari_fcres.postprocess.labels_from_probabilities` numbers them).
+    ``probabilities``: also write them (float32) as an OME-Zarr image there.
+    ``ngff_version``: default that of the existing store ``out``, else 0.4.  ``workers > 0``
+    starts a local dask cluster of that many one-thread worker processes (checkpoint paths
+    only).  ``progress(done, total)`` counts blocks, ``label_progress`` the labelling slabs;
+    ``should_stop()`` is polled between both.  Other keyword arguments go to
+    :func:`predict_chunked`.  Only one block (plus halo) is in memory at a time.
+    """
+    if mode not in LABEL_MODES:
+        raise InputError(
+            f"block-wise prediction makes {' or '.join(LABEL_MODES)} labels, not {mode!r}: "
+            "'largest' keeps one 3-D component and needs the whole volume in memory"
+        )
+    src = open_source(source)
+    axis = int(kwargs.get("axis", 0))
+    _check_source(src, axis)
+    out = Path(out)
+    shape = tuple(int(n) for n in src.shape)
+    chunks = chunks_of(src) or default_chunks(shape, axis)
+    version = ngff_version or ngff_version_for(out)
+    dtype = "uint32" if mode == "instances" else "uint8"
+    labels = create_ome_zarr_labels(out, name, shape, chunks=chunks, dtype=dtype,
+                                    spacing=spacing, ngff_version=version)
+    prob_path = None if probabilities is None else Path(probabilities)
+    prob = None
+    if prob_path is not None:
+        prob = create_ome_zarr_image(prob_path, shape, "float32", chunks=chunks,
+                                     spacing=spacing, name="probabilities",
+                                     ngff_version=version)
+    run: dict[str, Any] = dict(labels_target=labels, threshold=threshold, progress=progress,
+                               should_stop=should_stop, **kwargs)
+    if workers > 0:
+        from distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            predict_chunked(models, src, prob, client=client, **run)
+    else:
+        predict_chunked(models, src, prob, **run)
+    instances = None
+    if mode == "instances":
+        instances = instance_labels_chunked(labels, progress=label_progress,
+                                            should_stop=should_stop)
+        log.info("%d instance(s) in %s", instances, out / "labels" / name)
+    return ChunkedLabels(out / "labels" / name, prob_path, mode, instances)
+
+
 def predict_ome_zarr(
     models: Sequence[str | Path] | str | Path,
     image: str | Path,
     out: str | Path,
     *,
     name: str = "fcres",
+    mode: str = "binary",
     probabilities: str | Path | None = None,
     threshold: float = 0.5,
     ngff_version: str | None = None,
     workers: int = 0,
     **kwargs: Any,
 ) -> Path:
-    """Binary labels of an OME-Zarr image (its first level) as ``out/labels/<name>``.
+    """Labels of an OME-Zarr image (its first level) as ``out/labels/<name>``.
 
-    ``out`` may be the image itself (the labels are added to it) or a new
-    ``.zarr``.  ``probabilities``: also write them (float32) as an OME-Zarr
-    image there.  ``workers > 0`` starts a local dask cluster of that many
-    one-thread worker processes.  Other keyword arguments go to
-    :func:`predict_chunked`.  Returns the labels group's path.
+    ``out`` may be the image itself (the labels are added to it, in its NGFF
+    version) or a new ``.zarr`` (NGFF 0.4 unless ``ngff_version``).  ``mode``,
+    ``probabilities``, ``workers`` and other keyword arguments: as
+    :func:`predict_zarr_labels`.  Returns the labels group's path.
     """
     image, out = Path(image), Path(out)
     for what, p in (("image", image), ("output", out), ("probabilities", probabilities)):
@@ -427,25 +411,10 @@ def predict_ome_zarr(
     same = out.resolve() == image.resolve()
     if ngff_version is None:
         ngff_version = (meta.get("version") or "0.4") if same else "0.4"
-    shape = tuple(int(n) for n in src.shape)
-    chunks = _chunks_of(src) or default_chunks(shape, kwargs.get("axis", 0))
-    labels = create_ome_zarr_labels(out, name, shape, chunks=chunks, dtype="uint8",
-                                    spacing=spacing, ngff_version=ngff_version)
-    prob = None
-    if probabilities is not None:
-        prob = create_ome_zarr_image(probabilities, shape, "float32", chunks=chunks,
-                                     spacing=spacing, name="probabilities",
-                                     ngff_version=ngff_version)
-    if workers > 0:
-        from distributed import Client, LocalCluster
-
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
-            predict_chunked(models, src, prob, labels_target=labels, threshold=threshold,
-                            client=client, **kwargs)
-    else:
-        predict_chunked(models, src, prob, labels_target=labels, threshold=threshold, **kwargs)
-    return out / "labels" / name
+    return predict_zarr_labels(
+        models, src, out, name, mode=mode, spacing=spacing, probabilities=probabilities,
+        threshold=threshold, ngff_version=ngff_version, workers=workers, **kwargs,
+    ).labels_path
 
 
 # ----------------------------------------------------------------------------- dask.distributed
@@ -479,7 +448,7 @@ def _block_task(
     """Run on a worker: read (unless ``source`` is the block itself), predict, write."""
     s = _BlockSettings(**settings)
     models = _worker_models(paths, s.device)
-    raw = _read(source, outer) if outer is not None else np.asarray(source)
+    raw = read_region(source, outer) if outer is not None else np.asarray(source)
     probs = _predict_block(models, raw, block.crop, s)
     _write_block(probs, block.inner, target, labels_target, s.threshold)
     return int(np.prod(probs.shape))
@@ -540,367 +509,6 @@ def _is_zarr(array: Any) -> bool:
     return type(array).__module__.startswith("zarr")
 
 
-# ----------------------------------------------------------------------------- OME-Zarr
-
-
-def _axes(ndim: int) -> list[dict[str, str]]:
-    if ndim not in _SPATIAL_NAMES:
-        raise InputError(f"OME-Zarr output needs a 2D or 3D array, got {ndim} dimensions")
-    return [{"name": n, "type": "space"} for n in _SPATIAL_NAMES[ndim]]
-
-
-def _multiscale(name: str, ndim: int, spacing: Sequence[float] | None, version: str) -> dict:
-    scale = [1.0] * ndim if spacing is None else [float(s) for s in spacing]
-    if len(scale) != ndim or not all(math.isfinite(s) and s > 0 for s in scale):
-        raise InputError(f"spacing {spacing} must hold {ndim} positive numbers (z, y, x order)")
-    ms: dict[str, Any] = {
-        "name": name,
-        "axes": _axes(ndim),
-        "datasets": [{"path": "0", "coordinateTransformations": [
-            {"type": "scale", "scale": scale}]}],
-    }
-    if version == "0.4":
-        ms = {"version": "0.4", **ms}
-    return ms
-
-
-def _check_version(version: str) -> str:
-    if version not in NGFF_VERSIONS:
-        raise InputError(f"unknown NGFF version {version!r}; choose one of {NGFF_VERSIONS}")
-    return version
-
-
-def _zarr_format(version: str) -> int:
-    return 2 if version == "0.4" else 3
-
-
-def _ome_attrs(group: Any) -> tuple[dict[str, Any], str | None]:
-    """The OME metadata of a group (0.5: under ``ome``) and its NGFF version."""
-    attrs = dict(group.attrs)
-    if "ome" in attrs and isinstance(attrs["ome"], dict):
-        return dict(attrs["ome"]), str(attrs["ome"].get("version", "0.5"))
-    ms = attrs.get("multiscales")
-    version = ms[0].get("version") if isinstance(ms, list) and ms else None
-    if version is None and isinstance(attrs.get("image-label"), dict):
-        version = attrs["image-label"].get("version")
-    return attrs, version
-
-
-def _set_ome_attrs(group: Any, values: dict[str, Any], version: str) -> None:
-    if version == "0.4":
-        group.attrs.update(values)
-    else:
-        ome = dict(group.attrs.get("ome", {}))
-        ome.update(values)
-        ome["version"] = version
-        group.attrs["ome"] = ome
-
-
-def _new_level(group: Any, shape: Sequence[int], dtype: Any, chunks: Sequence[int],
-               version: str, compressors: Any = "auto") -> zarr.Array:
-    ndim = len(shape)
-    kwargs: dict[str, Any] = {}
-    if version == "0.4":
-        kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
-    else:
-        kwargs["dimension_names"] = list(_SPATIAL_NAMES[ndim])
-    return group.create_array(
-        "0", shape=tuple(int(n) for n in shape), chunks=tuple(int(c) for c in chunks),
-        dtype=np.dtype(dtype), fill_value=0, overwrite=True, compressors=compressors, **kwargs,
-    )
-
-
-def _open_or_create_root(path: Path, version: str) -> Any:
-    import zarr
-
-    if path.exists():
-        try:
-            root = zarr.open_group(str(path), mode="r+")
-        except Exception as exc:  # noqa: BLE001 - a non-group store
-            raise InputError(f"{path} exists and is not a zarr group: {exc}") from None
-        found = root.metadata.zarr_format
-        if found != _zarr_format(version):
-            raise InputError(
-                f"{path} is a zarr v{found} store; NGFF {version} needs zarr "
-                f"v{_zarr_format(version)}: pass ngff_version="
-                f"{'0.4' if found == 2 else '0.5'!r} or another path"
-            )
-        return root
-    return zarr.open_group(str(path), mode="w", zarr_format=_zarr_format(version))
-
-
-def create_ome_zarr_labels(
-    path: str | Path,
-    name: str,
-    shape: Sequence[int],
-    *,
-    chunks: Sequence[int] | None = None,
-    dtype: str | np.dtype = "uint8",
-    spacing: Sequence[float] | None = None,
-    ngff_version: str = "0.4",
-    color: Sequence[int] = (255, 0, 255, 255),
-) -> zarr.Array:
-    """Create ``path/labels/<name>`` (an NGFF image-label) and return its empty level 0.
-
-    ``path`` may be an existing OME-Zarr image (the labels then point at it as
-    their source image) or a new store, which then holds only the labels.
-    """
-    version = _check_version(ngff_version)
-    if not name or "/" in name:
-        raise InputError(f"label name {name!r} must be a non-empty name without '/'")
-    p = Path(path)
-    root = _open_or_create_root(p, version)
-    root_meta, _ = _ome_attrs(root)
-    has_image = bool(root_meta.get("multiscales"))
-    labels_group = root.require_group("labels")
-    names = list(_ome_attrs(labels_group)[0].get("labels", []))
-    if name not in names:
-        names.append(name)
-    _set_ome_attrs(labels_group, {"labels": names}, version)
-    group = labels_group.require_group(name)
-    shape = tuple(int(n) for n in shape)
-    level = _new_level(group, shape, dtype, chunks or default_chunks(shape), version)
-    image_label: dict[str, Any] = {
-        "colors": [{"label-value": 1, "rgba": [int(c) for c in color]}],
-        "properties": [{"label-value": 1, "class": "foreground"}],
-    }
-    if has_image:
-        image_label["source"] = {"image": "../../"}
-    if version == "0.4":
-        image_label = {"version": "0.4", **image_label}
-    _set_ome_attrs(group, {"multiscales": [_multiscale(name, len(shape), spacing, version)],
-                           "image-label": image_label}, version)
-    return level
-
-
-def create_ome_zarr_image(
-    path: str | Path,
-    shape: Sequence[int],
-    dtype: str | np.dtype = "float32",
-    *,
-    chunks: Sequence[int] | None = None,
-    spacing: Sequence[float] | None = None,
-    name: str = "image",
-    ngff_version: str = "0.4",
-    compressors: Any = "auto",
-) -> zarr.Array:
-    """Create a one-level OME-Zarr image at ``path`` and return its empty level 0.
-
-    ``compressors``: zarr's default (``"auto"``) or ``None`` for raw chunks.
-    """
-    import zarr
-
-    version = _check_version(ngff_version)
-    shape = tuple(int(n) for n in shape)
-    root = zarr.open_group(str(path), mode="w", zarr_format=_zarr_format(version))
-    level = _new_level(root, shape, dtype, chunks or default_chunks(shape), version, compressors)
-    _set_ome_attrs(root, {"multiscales": [_multiscale(name, len(shape), spacing, version)]},
-                   version)
-    return level
-
-
-def write_ome_zarr_labels(
-    path: str | Path,
-    labels: Any,
-    name: str,
-    spacing: Sequence[float] | None = None,
-    *,
-    chunks: Sequence[int] | None = None,
-    ngff_version: str = "0.4",
-) -> Path:
-    """Write a label image (numpy, dask or zarr; non-negative integers) as ``path/labels/<name>``.
-
-    Written block by block (of the chunk shape), so dask or zarr labels larger
-    than memory work too.  Returns the labels group's path.
-    """
-    shape = tuple(int(n) for n in labels.shape)
-    dtype = np.dtype(labels.dtype)
-    if dtype.kind == "b":
-        dtype = np.dtype(np.uint8)
-    elif dtype.kind == "i":
-        dtype = np.dtype(f"u{dtype.itemsize}")
-    elif dtype.kind != "u":
-        raise InputError(f"labels must hold non-negative integers, got dtype {labels.dtype}")
-    chunks = tuple(chunks) if chunks else (_chunks_of(labels) or default_chunks(shape))
-    level = create_ome_zarr_labels(path, name, shape, chunks=chunks, dtype=dtype,
-                                   spacing=spacing, ngff_version=ngff_version)
-    for block in plan_blocks(shape, default_block_shape(shape, chunks), halo=0):
-        values = _read(labels, block.inner)
-        if values.dtype.kind == "i" and values.size and values.min() < 0:
-            raise InputError(f"labels must be non-negative; found {values.min()}")
-        level[block.inner] = values.astype(dtype, copy=False)
-    out = Path(path) / "labels" / name
-    log.info("wrote OME-Zarr labels %s %s", out, shape)
-    return out
-
-
-def read_ome_zarr(path: str | Path) -> tuple[list[Any], dict[str, Any]]:
-    """Levels (dask arrays, finest first) and metadata of an OME-Zarr image or a zarr array.
-
-    Metadata: ``version``, ``name``, ``axes`` (list of ``{"name", "type"}``),
-    ``scales`` (per level), ``labels`` (names under ``labels/``), ``image-label``
-    when the group is a label image, and ``path``.  A store that holds only
-    ``labels/`` (as written by :func:`write_ome_zarr_labels` to a new path)
-    opens its first label image.
-    """
-    import dask.array as da
-    import zarr
-
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{str(p)!r} does not exist")
-    try:
-        node = zarr.open(str(p), mode="r")
-    except Exception as exc:  # noqa: BLE001 - any zarr failure is an input problem
-        raise InputError(f"cannot open {str(p)!r} as zarr: {exc}") from None
-    if isinstance(node, zarr.Array):
-        ndim = node.ndim
-        axes = [{"name": n, "type": "space"} for n in _SPATIAL_NAMES.get(ndim, ())] or None
-        return [da.from_zarr(node)], {"version": None, "name": p.stem, "axes": axes,
-                                      "scales": [None], "labels": [], "path": str(p),
-                                      "datasets": [""]}
-    meta, version = _ome_attrs(node)
-    labels: list[str] = []
-    if "labels" in node:
-        labels = list(_ome_attrs(node["labels"])[0].get("labels", []))
-    multiscales = meta.get("multiscales")
-    if not multiscales:
-        if labels:
-            return read_ome_zarr(p / "labels" / labels[0])
-        raise InputError(
-            f"{str(p)!r} is a zarr group without OME-Zarr 'multiscales' metadata; open one of "
-            f"its arrays instead ({', '.join(sorted(node.array_keys())) or 'none found'})"
-        )
-    ms = multiscales[0]
-    axes = ms.get("axes")
-    if axes and isinstance(axes[0], str):  # NGFF 0.3: axis names only
-        axes = [{"name": a, "type": "space" if a in "zyx" else None} for a in axes]
-    global_scale = _scale_of(ms.get("coordinateTransformations"))
-    levels, scales, datasets = [], [], []
-    for ds in ms.get("datasets", []):
-        try:
-            arr = node[ds["path"]]
-        except KeyError:
-            raise InputError(f"{p}: dataset {ds['path']!r} listed but missing") from None
-        levels.append(da.from_zarr(arr))
-        datasets.append(str(ds["path"]))
-        scale = _scale_of(ds.get("coordinateTransformations"))
-        if scale is not None and global_scale is not None:
-            scale = [a * b for a, b in zip(scale, global_scale, strict=True)]
-        scales.append(scale)
-    if not levels:
-        raise InputError(f"{str(p)!r} lists no datasets in its multiscales metadata")
-    out: dict[str, Any] = {"version": version or ms.get("version"), "name": ms.get("name"),
-                           "axes": axes, "scales": scales, "labels": labels, "path": str(p),
-                           "datasets": datasets}
-    if "image-label" in meta:
-        out["image-label"] = meta["image-label"]
-    return levels, out
-
-
-def _scale_of(transforms: list[dict] | None) -> list[float] | None:
-    for t in transforms or []:
-        if t.get("type") == "scale" and "scale" in t:
-            return [float(s) for s in t["scale"]]
-    return None
-
-
-def spatial_level(
-    path: str | Path, level: int = 0
-) -> tuple[Any, tuple[float, ...] | None, dict[str, Any]]:
-    """One level reduced to its space axes: ``(array, spacing, metadata)``.
-
-    Singleton time / channel axes are dropped; a real channel or time axis
-    raises :class:`InputError`.  The array is the zarr array itself when it has
-    only space axes (cheap to pickle for dask workers), else a dask view.
-    """
-    import zarr
-
-    levels, meta = read_ome_zarr(path)
-    arr = levels[level]
-    axes = meta.get("axes") or [{"name": f"dim_{i}", "type": "space"} for i in range(arr.ndim)]
-    if len(axes) != arr.ndim:
-        raise InputError(f"{path}: {len(axes)} axes in the metadata, {arr.ndim} in the array")
-    keep = [i for i, a in enumerate(axes) if a.get("type") in ("space", None)]
-    drop = [i for i in range(arr.ndim) if i not in keep]
-    for i in drop:
-        if arr.shape[i] != 1:
-            raise InputError(
-                f"{path} has a {axes[i].get('name')} axis of length {arr.shape[i]}; the models "
-                "take one channel and one time point: extract it first"
-            )
-    scale = meta["scales"][level]
-    spacing = tuple(scale[i] for i in keep) if scale is not None else None
-    if drop:
-        arr = arr[tuple(0 if i in drop else slice(None) for i in range(arr.ndim))]
-    else:  # hand out the zarr array itself (cheap to pickle), not the dask wrapper
-        node = zarr.open(meta["path"], mode="r")
-        arr = node if isinstance(node, zarr.Array) else node[meta["datasets"][level]]
-    return arr, spacing, meta
-
-
-def zarr_layer_data(path: str | list[str]) -> list[tuple[Any, dict[str, Any], str]]:
-    """napari layer data of an OME-Zarr image (multiscale) and its labels, lazily (dask)."""
-    paths = [path] if isinstance(path, (str, Path)) else list(path)
-    layers: list[tuple[Any, dict[str, Any], str]] = []
-    for item in paths:
-        p = Path(item)
-        levels, meta = read_ome_zarr(p)
-        layers.append(_layer(levels, meta, p.stem))
-        if "image-label" not in meta:
-            for name in meta.get("labels", []):
-                lv, lm = read_ome_zarr(p / "labels" / name)
-                layers.append(_layer(lv, lm, name))
-    return layers
-
-
-def _layer(levels: list[Any], meta: dict[str, Any], default: str) -> tuple[Any, dict, str]:
-    kind = "labels" if "image-label" in meta else "image"
-    kwargs: dict[str, Any] = {"name": meta.get("name") or default,
-                              "metadata": {"source_path": meta["path"],
-                                           "ome": json.loads(json.dumps(meta, default=str))}}
-    if meta["scales"][0] is not None and len(meta["scales"][0]) == levels[0].ndim:
-        kwargs["scale"] = tuple(meta["scales"][0])
-    if len(levels) > 1:
-        kwargs["multiscale"] = True
-        return levels, kwargs, kind
-    return levels[0], kwargs, kind
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def ngff_version_for(path: str | Path) -> str:
-    """The NGFF version to write into ``path``: that of an existing zarr store, else 0.4."""
-    import zarr
-
-    p = Path(path)
-    if not p.exists():
-        return "0.4"
-    try:
-        root = zarr.open_group(str(p), mode="r")
-    except Exception:  # noqa: BLE001 - not a group: the writer reports it
-        return "0.4"
-    return "0.4" if root.metadata.zarr_format == 2 else "0.5"
-
-
-def ome_zarr_label_names(path: str | Path) -> tuple[bool, list[str]]:
-    """``(has_image, label names)`` of an OME-Zarr store (``(False, [])`` for other zarr)."""
-    import zarr
-
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception:  # noqa: BLE001 - unreadable: read_ome_zarr reports it
-        return False, []
-    if isinstance(node, zarr.Array):
-        return False, []
-    meta, _ = _ome_attrs(node)
-    names: list[str] = []
-    if "labels" in node:
-        names = [str(n) for n in _ome_attrs(node["labels"])[0].get("labels", [])]
-    return bool(meta.get("multiscales")), names
-
-
 def instance_labels_chunked(
     labels: Any,
     *,
@@ -924,7 +532,7 @@ def instance_labels_chunked(
             progress(1, 1)
         return int(out.max(initial=0))
     plane = shape[1] * shape[2]
-    step = max(1, int((_chunks_of(labels) or (1,))[0]))
+    step = max(1, int((chunks_of(labels) or (1,))[0]))
     if step * plane > 4 * DEFAULT_BLOCK_VOXELS:  # deep chunks of large slices: fewer slices
         step = max(1, DEFAULT_BLOCK_VOXELS // plane)
     starts = list(range(0, shape[0], step))

@@ -123,50 +123,39 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def build_train_config(args: argparse.Namespace) -> Config:
     """Preset/YAML config with the command-line overrides applied."""
-    return config_from_mapping(train_request(args))
+    from .train_config import build_train_config as build
+
+    base, overrides = _train_settings(args)
+    return build(base, **overrides)
 
 
 def train_request(args: argparse.Namespace) -> dict[str, Any]:
     """What ``fcres train`` asks for: the ``--config`` YAML and the flags given, nested."""
-    raw: dict[str, Any] = {}
+    from .train_config import train_request as request
+
+    base, overrides = _train_settings(args)
+    return request(base, **overrides)
+
+
+def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The ``--config`` mapping (None without one) and the flags given, for train_config."""
+    from .train_config import DATA_KEYS, TRAIN_KEYS
+
+    base: dict[str, Any] | None = None
     if args.config:
         import yaml
 
         try:
-            raw = yaml.safe_load(Path(args.config).read_text()) or {}
+            base = yaml.safe_load(Path(args.config).read_text()) or {}
         except FileNotFoundError:
             raise InputError(f"config file not found: {args.config}") from None
-    raw.pop("run", None)  # data paths of training/*.yaml, read by training/train.py
-    model = dict(raw.get("model") or {})
-    if args.preset:
-        model["preset"] = args.preset
-    if args.architecture:
-        model["architecture"] = args.architecture
-    if args.init and not args.preset and not args.config:
-        from .checkpoint import config_of, read_checkpoint
-
-        init_cfg = config_of(read_checkpoint(args.init))
-        model = init_cfg.to_dict()["model"]
-    raw["model"] = model
-    train = dict(raw.get("train") or {})
-    for key in ("epochs", "max_minutes", "ensemble", "device", "seed", "batch_size", "crop_size",
-                "lr", "loss", "steps_per_epoch", "patience", "val_every", "val_fraction",
-                "select_by"):
-        value = getattr(args, key, None)
-        if value is not None:
-            train[key] = value
-    if args.freeze_fcresnet:
-        train["freeze_fcresnet"] = True
-    raw["train"] = train
-    data = dict(raw.get("data") or {})
-    for key in ("foreground_value", "ignore_value", "axis"):
-        value = getattr(args, key, None)
-        if value is not None:
-            data[key] = value
-    if args.partial:
-        data["partial"] = True
-    raw["data"] = data
-    return raw
+        base.pop("run", None)  # data paths of training/*.yaml, read by training/train.py
+    overrides: dict[str, Any] = {k: getattr(args, k, None) for k in TRAIN_KEYS + DATA_KEYS}
+    overrides["freeze_fcresnet"] = True if args.freeze_fcresnet else None  # flags: on or unset
+    overrides["partial"] = True if args.partial else None
+    overrides.update(preset=args.preset, architecture=args.architecture,
+                     init_checkpoint=args.init)
+    return base, overrides
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -190,7 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     dist = init_from_env(cfg.train.device)  # torchrun: DDP over WORLD_SIZE ranks
     gen = train(cfg, image, labels, args.out, resume=args.resume, init_checkpoint=args.init,
                 dist=dist, ensemble_parallel=args.ensemble_parallel)
-    name = "Dice"  # of the score that keeps best.pt, as the members report it
+    name = "Dice"  # of the score that keeps the best checkpoint, as the members report it
     # the bar is drawn at the first report, once the inputs have been validated
     with TrainBar(cfg.train.max_minutes, disable=args.quiet or not dist.is_main) as bar:
         while True:
@@ -221,15 +210,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict_chunked(args)
     from tqdm import tqdm
 
-    from .checkpoint import find_checkpoints, load_model
     from .device import resolve_device
     from .inference import predict
     from .io import write_image, write_labels
     from .postprocess import labels_from_probabilities
+    from .runs import load_ensemble
 
     device = resolve_device(args.device)
-    paths = find_checkpoints(args.models)
-    models = [load_model(p, device=device)[0] for p in paths]
+    models = load_ensemble(args.models, device)
     log.info("predicting with %d model(s) on %s", len(models), device)
     vol = load_source(args.image)
     image = vol.data
@@ -271,29 +259,41 @@ def _predict_chunked(args: argparse.Namespace) -> int:
     """``predict --chunked``: an OME-Zarr image in, OME-Zarr labels out, block by block."""
     from tqdm import tqdm
 
-    from .chunked import predict_ome_zarr
+    from .chunked import LABEL_MODES, predict_ome_zarr
     from .device import resolve_device
 
     for flag in ("normalized", "spread", "slices"):
         if getattr(args, flag):
             raise InputError(f"--{flag} is not available with --chunked")
-    if args.mode != "binary" or args.min_size:
-        raise InputError("--chunked writes binary labels; --mode largest/instances and "
+    if args.mode not in LABEL_MODES or args.min_size:
+        raise InputError("--chunked writes binary or instances labels; --mode largest and "
                          "--min-size need the whole volume in memory")
-    bar = tqdm(total=1, desc="predict", unit="block", disable=args.quiet, dynamic_ncols=True)
+    bars: dict[str, Any] = {}
 
-    def progress(done: int, total: int) -> None:
+    def show(desc: str, unit: str, done: int, total: int) -> None:
+        """One bar per pass (blocks, then labelling slabs in instances mode)."""
+        if desc not in bars:
+            for other in bars.values():
+                other.close()
+            bars[desc] = tqdm(total=total, desc=desc, unit=unit, disable=args.quiet,
+                              dynamic_ncols=True)
+        bar = bars[desc]
         bar.total, bar.n = total, done
         bar.refresh()
 
-    out = predict_ome_zarr(
-        args.models, args.image, args.out, name=args.label_name,
-        probabilities=args.probabilities, threshold=args.threshold, workers=args.workers,
-        ngff_version=args.ngff_version, axis=args.axis, tile_size=args.tile,
-        overlap=args.overlap, batch_size=args.batch_size, tta=args.tta,
-        device=str(resolve_device(args.device)), progress=progress,
-    )
-    bar.close()
+    try:
+        out = predict_ome_zarr(
+            args.models, args.image, args.out, name=args.label_name, mode=args.mode,
+            probabilities=args.probabilities, threshold=args.threshold, workers=args.workers,
+            ngff_version=args.ngff_version, axis=args.axis, tile_size=args.tile,
+            overlap=args.overlap, batch_size=args.batch_size, tta=args.tta,
+            device=str(resolve_device(args.device)),
+            progress=lambda done, total: show("predict", "block", done, total),
+            label_progress=lambda done, total: show("label", "slab", done, total),
+        )
+    finally:
+        for bar in bars.values():
+            bar.close()
     print(out)
     return 0
 
@@ -532,6 +532,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
+    from .runs import BEST_NAME, LAST_NAME, LAYOUT, MEMBER_PREFIX
+
     p = argparse.ArgumentParser(
         prog="fcres",
         description="Learned normalization + FC-ResNet segmentation (Drozdzal et al.)",
@@ -550,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train (or fine-tune) a model or an ensemble")
     s.add_argument("image", help="image stack (TIFF, NIfTI, MHA, NRRD, folder of slices)")
     s.add_argument("labels", help="label stack of the same shape")
-    s.add_argument("--out", required=True, help="output folder (member_KK/best.pt, last.pt)")
+    s.add_argument("--out", required=True, help=f"output folder ({LAYOUT})")
     s.add_argument("--preset", choices=sorted(PRESETS), help="model size (default cpu)")
     s.add_argument("--architecture", choices=ARCHITECTURES,
                    help="pipeline (default) or an ablation baseline")
@@ -567,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps-per-epoch", type=int)
     s.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     s.add_argument("--select-by", choices=list(SELECT_BY),
-                   help="validation score that keeps best.pt: dice, v_rand (membrane EM), or "
+                   help=f"validation score that keeps {BEST_NAME}: dice, v_rand (membrane EM), or "
                         "auto (default: v_rand when the labels are many cells separated by "
                         "boundaries, else dice)")
     s.add_argument("--val-every", type=int, help="validate every N epochs")
@@ -579,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--partial", action="store_true",
                    help="partially annotated: 0 unlabeled, 1 background, >=2 foreground")
     s.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last.pt, with the config stored "
+                   help=f"continue the run in --out from its {LAST_NAME}, with the config stored "
                         "there; other flags may change only --epochs, --max-minutes, "
                         "--patience and --device (anything else is refused)")
     s.add_argument("--init", help="fine-tune from this checkpoint")
@@ -593,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("predict", help="predict with one model or an ensemble")
     s.add_argument("image")
     s.add_argument("--models", nargs="+", required=True,
-                   help="checkpoint files or training folders (all best.pt inside)")
+                   help=f"checkpoint files or training folders (all {BEST_NAME} inside)")
     s.add_argument("--out", required=True, help="labels file (.tif or .nii.gz)")
     s.add_argument("--probabilities", help="also write the probability map here")
     s.add_argument("--normalized", help="also write the pre-processor's output here")
@@ -612,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-size", type=int, default=0, help="drop objects smaller than this")
     s.add_argument("--chunked", action="store_true",
                    help="IMAGE and --out are .zarr: predict block by block (larger than "
-                        "memory) into OUT/labels/NAME (OME-Zarr)")
+                        "memory) into OUT/labels/NAME (OME-Zarr); --mode binary or instances")
     s.add_argument("--label-name", default="fcres", help="with --chunked: labels/NAME")
     s.add_argument("--ngff-version", choices=["0.4", "0.5"],
                    help="with --chunked: OME-Zarr version of new stores (default 0.4)")
@@ -667,7 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="turn a package written by export-bioimageio into checkpoint(s)")
     s.add_argument("package", help="package zip, folder or rdf.yaml")
     s.add_argument("--out", required=True,
-                   help="checkpoint file (one model) or folder (ensemble: member_KK/best.pt)")
+                   help="checkpoint file (one model) or folder (ensemble: "
+                        f"{MEMBER_PREFIX}KK/{BEST_NAME})")
     s.add_argument("--member", type=int, help="import only this ensemble member")
     s.set_defaults(func=cmd_import_bioimageio)
 

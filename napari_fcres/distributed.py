@@ -22,9 +22,9 @@ Conventions
     * Validation runs on rank 0 only; its Dice is broadcast, so best epoch and
       early stopping are identical on every rank.  Stop requests and the time
       budget are agreed on (any rank stops -> all stop) every step.
-    * Checkpoints are written by rank 0 only; ``last.pt`` also holds every
-      rank's random-number state, so ``--resume`` continues each rank's crop
-      stream.
+    * Checkpoints are written by rank 0 only; a member's last checkpoint
+      (:data:`napari_fcres.runs.LAST_NAME`) also holds every rank's
+      random-number state, so ``--resume`` continues each rank's crop stream.
     * ``--ensemble-parallel``: member k trains on rank k % world_size alone
       (no DDP), one member per GPU at a time.
 """

@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .errors import DeviceError, InputError, OutOfMemoryError, StoppedError
+from .device import is_out_of_memory, resolve_device
+from .errors import CheckpointError, InputError, OutOfMemoryError, StoppedError
 from .models.norm import SharedImageStatistics
 
 if TYPE_CHECKING:
@@ -190,34 +191,6 @@ def _dihedral_inverse(x: torch.Tensor, k: int) -> torch.Tensor:
     return x
 
 
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    msg = str(exc).lower()
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in msg or "can't allocate memory" in msg
-    )
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if isinstance(device, str) and device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise DeviceError(f"unknown device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
-    if dev.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise DeviceError(f"device {device!r} requested but MPS is not available; use 'cpu'")
-    return dev
-
-
 def _validate_image(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.size == 0:
@@ -294,7 +267,7 @@ def predict(
     if not model_list:
         raise InputError("no model given")
     image = _validate_image(image)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     if batch_size is None:  # measured: batch 1 is ~1.6x faster than 4 on CPU (BENCHMARKS.md)
         batch_size = 1 if dev.type == "cpu" else DEFAULT_GPU_BATCH
     if tile_size < 1 or batch_size < 1:
@@ -361,7 +334,7 @@ def predict(
                     )
                     break
                 except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
-                    if not _is_oom(exc):
+                    if not is_out_of_memory(exc):
                         raise
                     oom_message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 # out of the except block so the failed tensors can be freed
@@ -630,22 +603,14 @@ def _run_model(
 def load_models(
     paths: Sequence[str | Path] | str | Path, device: str | torch.device = "cpu"
 ) -> list[SegmentationModel]:
-    """Load checkpoints; a directory contributes all ``**/best.pt`` inside it (sorted)."""
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(p.glob("**/best.pt"))
-            if not found:
-                raise InputError(f"no checkpoint (best.pt) found in directory {p}")
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise InputError(f"checkpoint not found: {p}")
-    if not files:
-        raise InputError("no checkpoint given")
-    from .checkpoint import load_model
+    """Load checkpoints (:func:`napari_fcres.runs.load_ensemble`; folders give their best ones).
 
-    return [load_model(f, device=device)[0] for f in files]
+    Kept for older callers: a missing checkpoint raises :class:`InputError` here.
+    """
+    from .runs import find_checkpoints, load_ensemble
+
+    try:
+        files = find_checkpoints(paths)
+    except CheckpointError as exc:
+        raise InputError(str(exc)) from None
+    return load_ensemble(files, device)

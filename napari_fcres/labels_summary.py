@@ -7,7 +7,8 @@ Three ways to read a labels array (``LABEL_MODES``):
 * ``"slices"``: as ``"full"``, but only slices holding a non-zero value count (e.g. 3 of 30
   slices labelled, the others left at 0).
 * ``"partial"``: napari painting; 0 = not annotated (ignored), 1 = background, 2 or more =
-  foreground (:func:`napari_fcres.io.as_binary_labels` with ``partial=True``).
+  foreground (:func:`napari_fcres.label_rules.partial_masks`, the rule
+  :func:`napari_fcres.label_rules.as_binary_labels` trains with ``partial=True``).
 
 :func:`summarize_labels` counts the unlabelled, background and foreground pixels on the slices
 that count, lists the slices without background or foreground, and says what would make a run
@@ -23,6 +24,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .label_rules import (
+    BACKGROUND,
+    FOREGROUND,
+    UNLABELED,
+    full_foreground_value,
+    painted_slices,
+    partial_masks,
+    partial_role,
+)
 
 __all__ = ["LABEL_MODES", "LabelSummary", "detect_label_mode", "summarize_labels"]
 
@@ -130,7 +141,8 @@ def detect_label_mode(labels: np.ndarray) -> str:
     if arr.size == 0 or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
         return "full"
     values, _ = _distinct(arr)
-    return "partial" if {int(v) for v in values} == {0, 1, 2} else "full"
+    painted = {UNLABELED, BACKGROUND, FOREGROUND}  # as napari paints partial labels
+    return "partial" if {int(v) for v in values} == painted else "full"
 
 
 def summarize_labels(labels: np.ndarray, mode: str) -> LabelSummary:
@@ -145,7 +157,7 @@ def summarize_labels(labels: np.ndarray, mode: str) -> LabelSummary:
             return LabelSummary(mode, n, [], {}, {}, problems=[
                 "labels must hold whole numbers; these hold fractions or NaN"])
         flat = flat.astype(np.int64)
-    painted = flat.any(axis=1)
+    painted = painted_slices(stack)  # the same slices as label_rules.annotated_slices
     if mode == "full":
         annotated = list(range(n))
     else:
@@ -161,9 +173,10 @@ def summarize_labels(labels: np.ndarray, mode: str) -> LabelSummary:
     values, counts = _distinct(sub)
     values = [int(v) for v in values]
     if mode == "partial":
-        bg_mask, fg_mask = sub == 1, sub >= 2
+        annotated_px, fg_mask = partial_masks(sub)
+        bg_mask = annotated_px & ~fg_mask
         for v, c in zip(values, counts, strict=True):
-            role = "unlabeled" if v == 0 else "background" if v == 1 else "foreground"
+            role = partial_role(v)
             summary.counts[role] += int(c)
             summary.values[role].append(v)
     else:
@@ -175,7 +188,7 @@ def summarize_labels(labels: np.ndarray, mode: str) -> LabelSummary:
             summary.counts["foreground"] = int(sum(counts))
             summary.values["foreground"] = values
             return summary
-        fg_value = values[-1] if values[-1] != 0 else None
+        fg_value = full_foreground_value(values)
         bg_value = values[0] if len(values) == 2 else None
         if fg_value is None:  # only 0: all background
             bg_value = 0

@@ -4,10 +4,11 @@
 optimisation step and every validation, and stops cleanly at the next step
 when ``should_stop()`` turns true or when the caller closes it (napari's
 ``thread_worker.quit()``).  Every member of an ensemble gets its own random
-train/validation split and seed and its own folder ``member_KK/`` holding
-``best.pt`` (best validation Dice, for prediction) and ``last.pt``
-(everything needed to resume, written atomically at the end of every epoch and
-every :data:`CHECKPOINT_INTERVAL_S` within one, so even a killed run resumes).
+train/validation split and seed and its own member folder (layout:
+:mod:`napari_fcres.runs`) holding its best checkpoint (best validation score, for
+prediction) and its last one (everything needed to resume, written atomically at the
+end of every epoch and every :data:`CHECKPOINT_INTERVAL_S` within one, so even a
+killed run resumes).
 Under ``torchrun`` the loop runs on every rank with DistributedDataParallel (see
 :mod:`napari_fcres.distributed`).
 """
@@ -37,9 +38,12 @@ from .io import as_binary_labels, check_image_labels, validate_image
 from .losses import LOSSES
 from .models import NormalizedFCResNet, Pipeline, SegmentationModel, build_model
 from .optim import build_optimizer
-from .resume import (
+from .runs import (
+    BEST_NAME,
+    LAST_NAME,
     RESUME_CHANGEABLE,
     config_differences,
+    member_dir,
     remove_stale_temp_files,
     resume_config,
     write_run_config,
@@ -53,7 +57,7 @@ from .selection import (
 
 log = logging.getLogger(__name__)
 
-#: ``last.pt`` is rewritten at the end of every epoch and, within a long epoch, after the
+#: The last checkpoint is rewritten at the end of every epoch and, within a long epoch, after the
 #: first step that finds this many seconds passed since the last write (tests shorten it).
 CHECKPOINT_INTERVAL_S = 300.0
 
@@ -72,7 +76,7 @@ class TrainProgress:
     loss: float | None = None
     val_dice: float | None = None
     best_val_dice: float | None = None  # best validation score by ``metric`` (Dice or V_rand)
-    metric: str = "dice"  # the score that keeps best.pt: "dice" or "v_rand"
+    metric: str = "dice"  # the score that keeps the best checkpoint: "dice" or "v_rand"
     val_score: float | None = None  # this validation's score by ``metric``
     best_epoch: int | None = None
     lr: float | None = None
@@ -102,7 +106,7 @@ class PreparedData:
     target: np.ndarray  # (Z, H, W) float32 0/1
     mask: np.ndarray  # (Z, H, W) bool
     annotated: list[int]
-    metric: str = "dice"  # the validation score that keeps best.pt (see selection.py)
+    metric: str = "dice"  # the validation score that keeps the best checkpoint (selection.py)
     crop_size: int = 256  # training crop that fits these slices
 
 
@@ -234,7 +238,7 @@ def train(
 ) -> Generator[TrainProgress, None, TrainResult]:
     """Train ``config.train.ensemble`` models; yields progress, returns a :class:`TrainResult`.
 
-    ``resume`` continues each member from its ``last.pt``; ``init_checkpoint``
+    ``resume`` continues each member from its last checkpoint; ``init_checkpoint``
     fine-tunes from trained weights (``config.train.freeze_fcresnet`` then adapts
     only the pre-processor).  ``dist`` (from
     :func:`~napari_fcres.distributed.init_from_env`) trains each member with DDP
@@ -247,7 +251,7 @@ def train(
     data = prepare_data(image, labels, cfg)
     if data.crop_size != cfg.train.crop_size:
         cfg = replace_train(cfg, crop_size=data.crop_size)
-    if resume:  # the run's stored config; only harmless changes (napari_fcres.resume)
+    if resume:  # the run's stored config; only harmless changes (napari_fcres.runs)
         cfg = resume_config(out_dir, cfg)
     device = dist.device if dist.enabled and dist.device else resolve_device(cfg.train.device)
     init_state = None
@@ -276,7 +280,7 @@ def train(
     for member in range(k_members):
         if parallel and member % dist.world_size != dist.rank:
             continue
-        runner = _MemberRun(cfg, data, out_dir / f"member_{member:02d}", member, device,
+        runner = _MemberRun(cfg, data, member_dir(out_dir, member), member, device,
                             resume, init_state, budget, member_dist)
         stopped = yield from runner.run(should_stop)
         done.append((member, runner.best_path, runner.best_val))
@@ -318,8 +322,8 @@ class _MemberRun:
         self.rank_rng_states: list[dict[str, Any]] | None = None
         self.seed = member_seed(cfg.train.seed, member)
         self.budget_s = budget_s
-        self.best_path = folder / "best.pt"
-        self.last_path = folder / "last.pt"
+        self.best_path = folder / BEST_NAME
+        self.last_path = folder / LAST_NAME
         t = cfg.train
         torch.manual_seed(self.seed)
         np.random.seed(self.seed % 2**32)
@@ -557,7 +561,7 @@ class _MemberRun:
         return stopped
 
     def _save_last(self) -> None:
-        """Write the resumable state to ``last.pt`` (a collective: every rank calls it)."""
+        """Write the resumable state to the last checkpoint (a collective: every rank calls it)."""
         self.rank_rng_states = self.dist.gather_objects(_rng_state(self.gen))
         if self.dist.is_main:
             save_checkpoint(self.last_path, self._payload(with_training_state=True))

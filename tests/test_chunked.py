@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ from napari_fcres.errors import InputError, StoppedError  # noqa: E402
 from napari_fcres.inference import predict  # noqa: E402
 from napari_fcres.io import read_image  # noqa: E402
 from napari_fcres.models import SegmentationModel, build_model  # noqa: E402
+from napari_fcres.postprocess import labels_from_probabilities  # noqa: E402
 
 TILE = dict(tile_size=64, overlap=16)
 
@@ -239,6 +242,46 @@ def test_cli_chunked_writes_ome_zarr_labels(tmp_path, checkpoint, model, volume,
     assert main(["predict", str(tmp_path / "img.zarr"), "--models", str(checkpoint), "--out",
                  str(tmp_path / "l.tif"), "--chunked"]) == 2
     assert "must be a .zarr path" in capsys.readouterr().err
+
+
+def test_cli_chunked_instances_match_in_memory(tmp_path, checkpoint, model, volume, capsys):
+    """``predict --chunked --mode instances``: per-slice instance ids, as the in-memory path."""
+    image = create_ome_zarr_image(tmp_path / "img.zarr", volume.shape, "float32",
+                                  chunks=(1, 120, 110), spacing=(2.0, 1.0, 1.0),
+                                  ngff_version="0.5")
+    image[:] = volume
+    out = tmp_path / "out.zarr"
+    code = main(["-q", "predict", str(tmp_path / "img.zarr"), "--models", str(checkpoint),
+                 "--out", str(out), "--chunked", "--mode", "instances", "--label-name", "cells",
+                 "--tile", "64", "--overlap", "16", "--device", "cpu"])
+    assert code == 0
+    assert capsys.readouterr().out.strip().endswith("labels/cells")
+    labels = read_image(out / "labels" / "cells")
+    assert labels.data.shape == volume.shape
+    assert labels.data.dtype.kind == "u"  # an integer label volume (uint32)
+    assert labels.spacing == (2.0, 1.0, 1.0)
+    ids = np.unique(labels.data)
+    assert ids[0] == 0 and len(ids) > 2  # background and more than one instance
+    per_slice = [set(np.unique(s)) - {0} for s in labels.data]
+    assert not per_slice[0] & per_slice[1]  # ids continue across slices
+    expected = labels_from_probabilities(predict(model, volume, **TILE).probabilities,
+                                         mode="instances")
+    np.testing.assert_array_equal(labels.data, expected)  # whole-slice blocks: exact
+    # 'largest' and --min-size still need the whole volume
+    for extra in (["--mode", "largest"], ["--mode", "instances", "--min-size", "5"]):
+        assert main(["predict", str(tmp_path / "img.zarr"), "--models", str(checkpoint),
+                     "--out", str(out), "--chunked", *extra]) == 2
+        assert "whole volume" in capsys.readouterr().err
+
+
+def test_ome_zarr_module_imports_without_torch():
+    """Reading OME-Zarr (and io / the reader plugin) never imports torch or the predictor."""
+    code = ("import sys, napari_fcres.ome_zarr, napari_fcres.blocks, napari_fcres.io, "
+            "napari_fcres._reader, napari_fcres._writer; "
+            "print('torch' in sys.modules, 'napari_fcres.chunked' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120)
+    assert done.stdout.split() == ["False", "False"]
 
 
 def test_dask_distributed_workers_equal_in_memory(tmp_path, checkpoint, volume, reference):

@@ -5,6 +5,9 @@ Public API (kept small on purpose):
 * :class:`WorkerFailed` - what every failure inside a worker arrives as.
 * :func:`start_worker` - run a (generator) function in a napari ``thread_worker``;
   every exception raised inside becomes a :class:`WorkerFailed` delivered to ``on_error``.
+* :func:`start_job` - the same for a job of :mod:`napari_fcres.jobs`, run in a spawned worker
+  process (:mod:`napari_fcres.worker_process`) so no torch import, crash or GIL of the job can
+  touch the viewer; :func:`prestart_worker_process` readies one ahead.
 * :func:`notify_error` / :func:`notify_info` / :func:`notify_warning` - napari notifications
   (plain message for our own errors, traceback button for unexpected ones).
 * :func:`report_error` / :func:`error_message` - an error in full in a widget's status line
@@ -36,8 +39,10 @@ import functools
 import html
 import inspect
 import logging
+import os
+import threading
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +63,16 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import FcresError
+from ..runs import BEST_NAME
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "WorkerFailed",
     "start_worker",
+    "start_job",
+    "prestart_worker_process",
+    "process_workers_enabled",
     "notify_error",
     "notify_info",
     "notify_warning",
@@ -124,7 +133,9 @@ class WorkerFailed(FcresError):
         """Wrap ``exc`` (an out-of-memory error gets a message saying what to lower)."""
         if isinstance(exc, WorkerFailed):
             return exc
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        text = getattr(exc, "worker_traceback", None) or "".join(
+            traceback.format_exception(type(exc), exc, exc.__traceback__)
+        )
         if isinstance(exc, FcresError):
             message = str(exc) or type(exc).__name__
         elif _is_out_of_memory(exc):
@@ -351,6 +362,119 @@ def start_worker(
     return worker
 
 
+def process_workers_enabled() -> bool:
+    """Whether jobs run in a worker process (default) rather than a thread of napari's.
+
+    ``NAPARI_FCRES_WORKER=thread`` runs them in a thread (for debugging, or tests that patch
+    the job in this process).
+    """
+    return os.environ.get("NAPARI_FCRES_WORKER", "process").strip().lower() != "thread"
+
+
+def _in_process(
+    func: Callable[..., Any],
+    args: tuple,
+    kwargs: dict[str, Any],
+    threads: int | None,
+    stop_event: threading.Event | None,
+    jobs: list[Any],
+) -> Generator[Any, None, Any]:
+    """Worker-thread body: run ``func`` in a worker process and relay what it reports."""
+    from ..worker_process import ProcessJob
+
+    job = ProcessJob(func, *args, threads=threads, **kwargs)
+    jobs.append(job)
+    result = yield from job.stream(should_stop=None if stop_event is None else stop_event.is_set)
+    return result
+
+
+def _in_thread(
+    func: Callable[..., Any],
+    args: tuple,
+    kwargs: dict[str, Any],
+    threads: int | None,
+    stop_event: threading.Event | None,
+    relay: _Relay,
+) -> Any:
+    """Worker-thread body when process workers are off: the placeholders become local."""
+    from ..worker_process import REPORT, STOP
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    stop = stop_event if stop_event is not None else threading.Event()
+
+    def report(*values: Any) -> None:
+        relay.reported.emit(values[0] if len(values) == 1 else values)
+
+    def local(value: Any) -> Any:
+        return stop if value is STOP else report if value is REPORT else value
+
+    out = func(*[local(a) for a in args], **{k: local(v) for k, v in kwargs.items()})
+    if inspect.isgenerator(out):
+        out = yield from out
+    return out
+
+
+class _Relay(QObject):
+    """Carries REPORT calls from a worker thread to the GUI thread (queued signal)."""
+
+    reported = Signal(object)
+
+
+def start_job(
+    func: Callable[..., Any],
+    *args: Any,
+    stop_event: threading.Event | None = None,
+    threads: int | None = None,
+    on_yield: Callable[[Any], None] | None = None,
+    on_done: Callable[[Any], None] | None = None,
+    on_error: Callable[[WorkerFailed], None] | None = None,
+    on_finished: Callable[[], None] | None = None,
+    progress_bar: bool | dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Run ``func`` (a function of a core module) in a worker *process*; return the worker.
+
+    Like :func:`start_worker`, with the placeholders of :mod:`napari_fcres.worker_process`:
+    pass ``STOP`` where the job expects its stop flag (setting ``stop_event`` here stops it)
+    and ``REPORT`` where it expects a progress callback (its calls reach ``on_yield``).
+    ``progress_bar`` is :func:`start_worker`'s ``progress`` (a bar in napari's activity dock).  A
+    crash or kill of the process reaches ``on_error`` as a
+    :class:`~napari_fcres.worker_process.WorkerProcessDied`; napari keeps running.
+    ``worker.process_jobs`` holds the running :class:`ProcessJob` (for tests and kill).
+    """
+    callbacks = {"on_yield": on_yield, "on_done": on_done, "on_error": on_error,
+                 "on_finished": on_finished, "progress": progress_bar}
+    if not process_workers_enabled():
+        relay = _Relay()  # REPORT calls from the thread reach on_yield on the GUI thread
+        if on_yield is not None:
+            relay.reported.connect(on_yield)
+        worker = start_worker(_in_thread, func, args, kwargs, threads, stop_event, relay,
+                              **callbacks)
+        worker.process_jobs = []
+        worker.relay = relay
+        return worker
+    jobs: list[Any] = []
+    worker = start_worker(_in_process, func, args, kwargs, threads, stop_event, jobs,
+                          **callbacks)
+    worker.process_jobs = jobs
+    return worker
+
+
+def prestart_worker_process() -> None:
+    """Start a spare worker process now, so the first job does not wait for torch's import."""
+    if not process_workers_enabled():
+        return
+    from ..worker_process import prestart
+
+    try:
+        prestart()
+    except Exception as exc:  # noqa: BLE001 - only an optimisation
+        log.debug("could not prestart a worker process: %s", exc)
+
+
 def _log_warning(args: tuple) -> None:
     message, category = args[0], args[1]
     log.warning("%s: %s", getattr(category, "__name__", category), message)
@@ -558,8 +682,8 @@ class CheckpointCombo(QWidget):
         self.combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.combo.setMinimumContentsLength(12)
         self.combo.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
-        self.combo.lineEdit().setPlaceholderText("best.pt of a run (train one first)")
-        self.combo.setToolTip(tooltip or "Checkpoint file (best.pt) written by napari-fcres")
+        self.combo.lineEdit().setPlaceholderText(f"{BEST_NAME} of a run (train one first)")
+        self.combo.setToolTip(tooltip or f"Checkpoint file ({BEST_NAME}) written by napari-fcres")
         self.combo.currentTextChanged.connect(self.changed.emit)
         self.button = QPushButton("Browse...")
         self.button.setToolTip("Choose a checkpoint file in a dialog")

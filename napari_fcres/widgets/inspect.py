@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Generator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +25,9 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import FcresError, InputError, StoppedError
+from ..jobs import InspectResult, inspect_job
+from ..runs import BEST_NAME
+from ..worker_process import STOP
 from ._common import (
     CheckpointCombo,
     LayerCombo,
@@ -35,9 +36,10 @@ from ._common import (
     device_choices,
     layer_data,
     make_canvas,
+    prestart_worker_process,
     report_error,
     scroll_body,
-    start_worker,
+    start_job,
     style_axes,
 )
 
@@ -46,114 +48,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: At most this many pixels per class enter the histograms and fits.
-MAX_SAMPLES = 200_000
 BACKGROUND_COLOR = "#e8743b"
 FOREGROUND_COLOR = "#3ba7e8"
-
-
-@dataclass
-class ClassSamples:
-    """Pixel values of one class at the input and after the pre-processor."""
-
-    raw: np.ndarray
-    normalized: np.ndarray
-
-
-@dataclass
-class InspectResult:
-    """What the worker computed for the chosen slices."""
-
-    slices: list[int]
-    normalized: np.ndarray  # (k, H, W) float32 pre-processor output
-    probabilities: np.ndarray  # (k, H, W) float32
-    background: ClassSamples
-    foreground: ClassSamples
-    source: str  # where the classes came from: "labels" or "prediction"
-    note: str = ""
-    fits: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
-
-
-def normal_fit(values: np.ndarray) -> tuple[float, float]:
-    """Maximum-likelihood normal fit ``(mean, std)`` (scipy.stats.norm.fit)."""
-    from scipy.stats import norm
-
-    if values.size < 2:
-        return (float(values.mean()) if values.size else 0.0, 0.0)
-    mu, sigma = norm.fit(values.astype(np.float64))
-    return float(mu), float(sigma)
-
-
-def _sample(values: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    picked = values[mask]
-    if picked.size > MAX_SAMPLES:
-        picked = rng.choice(picked, MAX_SAMPLES, replace=False)
-    return picked.astype(np.float32, copy=False)
-
-
-def _class_masks(
-    labels: np.ndarray | None, probabilities: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, str, str]:
-    """Foreground and background masks from the labels, else from the prediction at 0.5."""
-    from ..io import as_binary_labels
-    from .train import detect_partial
-
-    if labels is not None:
-        try:
-            target, valid = as_binary_labels(labels, partial=detect_partial(labels))
-            fg, bg = valid & (target > 0.5), valid & (target <= 0.5)
-            if fg.any() and bg.any():
-                return fg, bg, "labels", ""
-            note = "the labels hold only one class here"
-        except FcresError as exc:
-            note = str(exc)
-        log.info("histogram classes from the prediction: %s", note)
-        note = f"labels unusable on these slices ({note}); classes from the prediction"
-    else:
-        note = ""
-    fg = probabilities > 0.5
-    return fg, ~fg, "prediction", note
-
-
-def _inspect_job(
-    checkpoint: str,
-    stack: np.ndarray,
-    slices: list[int],
-    labels: np.ndarray | None,
-    device: str,
-    stop: threading.Event,
-) -> Generator[tuple[int, int], None, InspectResult]:
-    """Worker body: run the model on each slice; yields ``(done, total)``."""
-    from ..checkpoint import load_model
-    from ..inference import predict
-
-    model, ckpt = load_model(checkpoint, device=device)
-    arch = ckpt.get("architecture", "")
-    h, w = stack.shape[-2:]
-    normalized = np.zeros((len(slices), h, w), dtype=np.float32)
-    probs = np.zeros((len(slices), h, w), dtype=np.float32)
-    for k, z in enumerate(slices):
-        out = predict(model, stack[z], device=device, return_normalized=True,
-                      should_stop=stop.is_set)
-        if out.normalized is None:
-            raise InputError(
-                f"the {arch or 'chosen'} model of {checkpoint} has no pre-processor output to "
-                "inspect; choose a 'pipeline' (or FC-ResNet baseline) checkpoint"
-            )
-        normalized[k] = out.normalized
-        probs[k] = out.probabilities
-        yield k + 1, len(slices)
-    raw = np.asarray(stack[slices], dtype=np.float32)
-    lab = None if labels is None else np.asarray(labels[slices])
-    fg, bg, source, note = _class_masks(lab, probs)
-    rng = np.random.default_rng(0)
-    background = ClassSamples(_sample(raw, bg, rng), _sample(normalized, bg, rng))
-    foreground = ClassSamples(_sample(raw, fg, rng), _sample(normalized, fg, rng))
-    fits = {
-        name: {"raw": normal_fit(c.raw), "normalized": normal_fit(c.normalized)}
-        for name, c in (("background", background), ("foreground", foreground))
-    }
-    return InspectResult(slices, normalized, probs, background, foreground, source, note, fits)
 
 
 def grid_of(viewer: Any) -> Any:
@@ -175,6 +71,7 @@ class InspectWidget(QWidget):
         self.destroyed.connect(self._stop_event.set)
         self._build()
         self._update_enabled()
+        prestart_worker_process()
 
     def _build(self) -> None:
         from napari.layers import Image, Labels
@@ -185,7 +82,7 @@ class InspectWidget(QWidget):
         self.image_combo.setToolTip("Raw image layer to feed to the model")
         form.addRow("Image", self.image_combo)
         self.checkpoint_combo = CheckpointCombo(
-            tooltip="Trained checkpoint (best.pt); defaults to the last one trained in this "
+            tooltip=f"Trained checkpoint ({BEST_NAME}); defaults to the last one trained in this "
             "session"
         )
         self.checkpoint_combo.changed.connect(self._update_enabled)
@@ -292,7 +189,7 @@ class InspectWidget(QWidget):
             raise InputError("RGB images are not supported; convert the layer to grey values")
         checkpoint = self.checkpoint_combo.path()
         if not checkpoint:
-            raise InputError("choose a checkpoint (train one first or browse for a best.pt)")
+            raise InputError(f"choose a checkpoint (train one first or browse for a {BEST_NAME})")
         image = layer_data(layer)
         if image.ndim not in (2, 3):
             raise InputError(f"the image must be 2-D or 3-D, got shape {image.shape}")
@@ -315,11 +212,11 @@ class InspectWidget(QWidget):
         self._image_layer = layer
         what = "the whole stack" if whole_stack and len(slices) > 1 else f"slice {slices[0]}"
         self.status_label.setText(f"Computing the pre-processor output of {what} ...")
-        self._worker = start_worker(
-            _inspect_job, checkpoint, stack, slices, labels,
-            str(self.device_combo.currentData() or "cpu"), self._stop_event,
+        self._worker = start_job(
+            inspect_job, checkpoint, stack, slices, labels,
+            str(self.device_combo.currentData() or "cpu"), STOP, stop_event=self._stop_event,
             on_done=self._on_done, on_error=self._on_error, on_finished=self._on_finished,
-            progress={"total": len(slices), "desc": "Inspecting the pre-processor"},
+            progress_bar={"total": len(slices), "desc": "Inspecting the pre-processor"},
         )
         self._update_enabled()
 

@@ -45,6 +45,8 @@ from qtpy.QtWidgets import (
 
 from ..errors import FcresError, InputError, StoppedError
 from ..io import layer_spacing, safe_name
+from ..jobs import THRESHOLD, PredictJobResult, predict_job, preview_job
+from ..worker_process import REPORT, STOP
 from ._common import (
     LayerCombo,
     PathEdit,
@@ -56,16 +58,17 @@ from ._common import (
     layer_source,
     notify_error,
     notify_info,
+    prestart_worker_process,
     recent_checkpoints,
     report_error,
     scroll_body,
+    start_job,
     start_worker,
 )
 
 if TYPE_CHECKING:
     import napari
 
-    from ..inference import PredictionResult
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,6 @@ METADATA_KEY = "fcres"
 #: ``layer.metadata`` key marking the layers a prediction made (``{"image", "kind"}``).
 RESULT_KEY = "fcres_result"
 #: Threshold turning probabilities into labels (change it live in the Correct widget).
-THRESHOLD = 0.5
 #: Resolution of the activity-dock progress bar.
 PROGRESS_TOTAL = 1000
 
@@ -137,18 +139,6 @@ def prefer_source_image(combo: LayerCombo, viewer: Any) -> None:
 
 
 @dataclass
-class _Job:
-    """What the worker returns to the GUI thread."""
-
-    result: PredictionResult
-    labels: np.ndarray  # full shape (stack) or the predicted slice (slice mode)
-    slice_index: int | None
-    checkpoints: list[str]
-    mode: str
-    preview: int | None = None  # slice of a lazy image predicted on its own
-
-
-@dataclass
 class _ZarrJob:
     """What the block-wise (OME-Zarr) worker returns: where it wrote."""
 
@@ -166,25 +156,10 @@ class _ProgressRelay(QObject):
 
 
 def _load_models(paths: list[str], device: str, stop: threading.Event) -> list[Any]:
-    from ..checkpoint import load_model
+    """The checkpoints' models (:func:`napari_fcres.runs.load_ensemble`), ``stop`` polled."""
+    from ..runs import load_ensemble
 
-    models = []
-    for path in paths:
-        if stop.is_set():
-            raise StoppedError("prediction stopped")
-        model, _ = load_model(path, device=device)
-        models.append(model)
-    return models
-
-
-def _preview_job(paths: list[str], source: Any, index: int, **kwargs: Any) -> _Job:
-    """Worker body: read one slice of a lazy image and predict it on its own."""
-    image = source[index]
-    if hasattr(image, "compute"):
-        image = image.compute()
-    job = _predict_job(paths, np.asarray(image), slice_index=None, **kwargs)
-    job.preview = index
-    return job
+    return load_ensemble(paths, device, should_stop=stop.is_set)
 
 
 def _predict_zarr_job(
@@ -204,79 +179,30 @@ def _predict_zarr_job(
 ) -> _ZarrJob:
     """Worker body: predict ``source`` block by block into ``out/labels/<name>``.
 
-    Nothing but one block (plus halo) is in memory at a time; ``instances`` labels are made by
-    a second pass over slabs of whole slices.  Touches no layer.
+    A thin call to :func:`napari_fcres.chunked.predict_zarr_labels` (which the CLI's
+    ``predict --chunked`` uses too); the instance pass takes the last tenth of the progress.
+    Touches no layer.
     """
-    from ..chunked import (
-        _chunks_of,
-        create_ome_zarr_image,
-        create_ome_zarr_labels,
-        default_chunks,
-        instance_labels_chunked,
-        ngff_version_for,
-        predict_chunked,
-    )
+    from ..chunked import predict_zarr_labels
 
     models = _load_models(paths, device, stop)
-    shape = tuple(int(n) for n in source.shape)
-    chunks = _chunks_of(source) or default_chunks(shape)
-    version = ngff_version_for(out)
-    dtype = "uint32" if mode == "instances" else "uint8"
-    labels = create_ome_zarr_labels(out, name, shape, chunks=chunks, dtype=dtype,
-                                    spacing=spacing, ngff_version=version)
-    prob_path = probabilities_path(out) if probabilities else None
-    prob = None
-    if prob_path is not None:
-        prob = create_ome_zarr_image(prob_path, shape, "float32", chunks=chunks,
-                                     spacing=spacing, name="probabilities",
-                                     ngff_version=version)
     share = 0.9 if mode == "instances" else 1.0
 
     def blocks_done(done: int, total: int) -> None:
         relay.progressed.emit(int(PROGRESS_TOTAL * share * done / max(total, 1)), PROGRESS_TOTAL)
 
-    predict_chunked(
-        models, source, prob, labels_target=labels, threshold=THRESHOLD, tile_size=tile_size,
-        overlap=min(64, tile_size // 4), tta=tta, device=device, progress=blocks_done,
-        should_stop=stop.is_set,
+    def slabs_done(done: int, total: int) -> None:
+        frac = share + (1.0 - share) * done / max(total, 1)
+        relay.progressed.emit(int(PROGRESS_TOTAL * frac), PROGRESS_TOTAL)
+
+    result = predict_zarr_labels(
+        models, source, out, name, mode=mode, spacing=spacing,
+        probabilities=probabilities_path(out) if probabilities else None, threshold=THRESHOLD,
+        tile_size=tile_size, overlap=min(64, tile_size // 4), tta=tta, device=device,
+        progress=blocks_done, label_progress=slabs_done, should_stop=stop.is_set,
     )
-    instances = None
-    if mode == "instances":
-        def slabs_done(done: int, total: int) -> None:
-            frac = share + (1.0 - share) * done / max(total, 1)
-            relay.progressed.emit(int(PROGRESS_TOTAL * frac), PROGRESS_TOTAL)
-
-        instances = instance_labels_chunked(labels, progress=slabs_done,
-                                            should_stop=stop.is_set)
-    return _ZarrJob(out / "labels" / name, prob_path, list(paths), mode, instances)
-
-
-def _predict_job(
-    paths: list[str],
-    image: np.ndarray,
-    *,
-    device: str,
-    tile_size: int,
-    tta: bool,
-    mode: str,
-    slice_index: int | None,
-    stop: threading.Event,
-    relay: _ProgressRelay,
-) -> _Job:
-    """Worker body: load the checkpoints, predict, threshold.  Touches no layer."""
-    from ..inference import predict
-    from ..postprocess import labels_from_probabilities
-
-    models = _load_models(paths, device, stop)
-    slices = None if slice_index is None else [slice_index]
-    result = predict(
-        models, image, tile_size=tile_size, overlap=min(64, tile_size // 4), tta=tta,
-        device=device, return_normalized=True, return_spread=len(models) > 1, slices=slices,
-        progress=relay.progressed.emit, should_stop=stop.is_set,
-    )
-    prob = result.probabilities if slice_index is None else result.probabilities[slice_index]
-    labels = labels_from_probabilities(prob, THRESHOLD, mode).astype(np.int32, copy=False)
-    return _Job(result, labels, slice_index, list(paths), mode)
+    return _ZarrJob(result.labels_path, result.probabilities_path, list(paths), mode,
+                    result.instances)
 
 
 class _Progress:
@@ -442,9 +368,10 @@ class CheckpointList(QWidget):
 
 
 def _run_dir(path: Path) -> Path:
-    """The run folder of ``<run>/member_KK/best.pt`` (else the file's folder)."""
-    parent = path.parent
-    return parent.parent if parent.name.startswith("member_") else parent
+    """The run folder of a member's checkpoint (else the file's folder)."""
+    from ..runs import run_dir_of
+
+    return run_dir_of(path)
 
 
 def _short_name(path: Path) -> str:
@@ -479,6 +406,7 @@ class PredictWidget(QWidget):
         prefer_source_image(self.image_combo, self.viewer)
         self.destroyed.connect(self._stop_event.set)
         self._update_enabled()
+        prestart_worker_process()
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -738,19 +666,24 @@ class PredictWidget(QWidget):
                 **common, **callbacks,
             )
         elif lazy and slice_index is not None:
-            self._worker = start_worker(
-                _preview_job, paths, source, slice_index, stop=self._stop_event,
-                relay=self._relay, on_done=self._on_done, **common, **callbacks,
+            self._worker = start_job(
+                preview_job, paths, source, slice_index, stop=STOP, progress=REPORT,
+                stop_event=self._stop_event, on_yield=self._on_reported, on_done=self._on_done,
+                **common, **callbacks,
             )
         else:
             image = np.asarray(source)  # an in-memory numpy array: no copy
-            self._worker = start_worker(
-                _predict_job, paths, image, slice_index=slice_index, stop=self._stop_event,
-                relay=self._relay, on_done=self._on_done, **common, **callbacks,
+            self._worker = start_job(
+                predict_job, paths, image, slice_index=slice_index, stop=STOP,
+                progress=REPORT, stop_event=self._stop_event, on_yield=self._on_reported,
+                on_done=self._on_done, **common, **callbacks,
             )
         self._update_enabled()
 
     # ------------------------------------------------------------------ worker callbacks
+    def _on_reported(self, progress: tuple[int, int]) -> None:
+        self._on_progress(*progress)
+
     def _on_progress(self, done: int, total: int) -> None:
         if self._progress is not None:
             self._progress.set(done, total)
@@ -775,7 +708,7 @@ class PredictWidget(QWidget):
         self._relay = None
         self._update_enabled()
 
-    def _on_done(self, job: _Job) -> None:
+    def _on_done(self, job: PredictJobResult) -> None:
         if self._dropped("nothing was changed"):
             return
         target = self._target
@@ -869,7 +802,7 @@ class PredictWidget(QWidget):
         shown["labels"] = labels.name
         return shown
 
-    def _show_preview(self, image_layer: Any, job: _Job) -> dict[str, str]:
+    def _show_preview(self, image_layer: Any, job: PredictJobResult) -> dict[str, str]:
         """Show one predicted slice of a lazy image as one-slice layers placed at that slice."""
         z = int(job.preview or 0)
         geo = _geometry(image_layer)
@@ -904,7 +837,7 @@ class PredictWidget(QWidget):
                 layer.metadata.pop(RESULT_KEY, None)
                 self._kept = layer.name
 
-    def _show(self, image_layer: Any, job: _Job) -> dict[str, str]:
+    def _show(self, image_layer: Any, job: PredictJobResult) -> dict[str, str]:
         """Add or update the result layers; return ``{kind: layer name}``."""
         z = job.slice_index
         res = job.result
@@ -966,7 +899,7 @@ class PredictWidget(QWidget):
         layer.scale, layer.translate = geo["scale"], geo["translate"]
         return layer.name
 
-    def _put_labels(self, job: _Job, image_layer: Any, geo: dict[str, Any]) -> str:
+    def _put_labels(self, job: PredictJobResult, image_layer: Any, geo: dict[str, Any]) -> str:
         from napari.layers import Labels
 
         from .correct import apply_labels

@@ -1,17 +1,15 @@
 """Train / fine-tune dock widget: the pipeline of Drozdzal et al. on the layers in the viewer.
 
-Training runs :func:`napari_fcres.training.train` in a napari ``thread_worker``; the GUI
-thread only copies the layer data, plots the progress and shows notifications.
+Training runs :func:`napari_fcres.jobs.train_job` in a spawned worker process
+(:func:`~napari_fcres.widgets._common.start_job`); the GUI thread only copies the layer data,
+plots the progress and shows notifications.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 import threading
-import time
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,9 +33,23 @@ from qtpy.QtWidgets import (
 
 from ..config import ARCHITECTURES, PRESET_HELP, PRESETS, SELECT_BY, Config, preset_config
 from ..errors import FcresError, InputError
+from ..jobs import train_job
 from ..labels_summary import LABEL_MODES, LabelSummary, detect_label_mode, summarize_labels
-from ..resume import resume_request, stored_config
+from ..runs import (
+    BEST_NAME,
+    LAST_NAME,
+    LAYOUT,
+    default_output_dir,
+    resume_request,
+    runs_root,
+    stored_config,
+)
+from ..runs import holds_run as _holds_run
+from ..runs import is_resumable as _resumable
+from ..runs import unused_dir as _unused
 from ..selection import metric_name
+from ..train_config import build_train_config
+from ..worker_process import STOP, WorkerProcessDied, cpu_threads_for_worker
 from ._common import (
     LayerCombo,
     PathEdit,
@@ -48,10 +60,11 @@ from ._common import (
     make_canvas,
     notify_info,
     notify_warning,
+    prestart_worker_process,
     remember_checkpoints,
     report_error,
     scroll_body,
-    start_worker,
+    start_job,
     style_axes,
 )
 
@@ -87,37 +100,6 @@ LABEL_MODE_ITEMS = (
 QWIDGETSIZE_MAX = 16777215
 
 
-def runs_root() -> Path:
-    """Parent of the default output folders: ``~/.napari-fcres/runs``."""
-    return Path.home() / ".napari-fcres" / "runs"
-
-
-def default_output_dir() -> Path:
-    """A fresh ``~/.napari-fcres/runs/<timestamp>`` folder name (not created)."""
-    return _unused(runs_root() / time.strftime("%Y%m%d-%H%M%S"))
-
-
-def _unused(path: Path) -> Path:
-    if not _holds_run(path) and not (path.exists() and any(path.iterdir())):
-        return path
-    i = 2
-    while (path.parent / f"{path.name}-{i}").exists():
-        i += 1
-    return path.parent / f"{path.name}-{i}"
-
-
-def _holds_run(path: Path) -> bool:
-    return path.is_dir() and (
-        (path / "config.yaml").exists() or any(path.glob("member_*/last.pt"))
-    )
-
-
-def _resumable(path: Path) -> bool:
-    return path.is_dir() and (path / "config.yaml").exists() and any(
-        path.glob("member_*/last.pt")
-    )
-
-
 def detect_partial(labels: np.ndarray, axis: int = 0) -> bool:
     """Guess whether labels are a partial annotation (0 = not annotated).
 
@@ -137,81 +119,9 @@ def _rgb_error(name: str) -> InputError:
     )
 
 
-def _train_job(
-    cfg: Config,
-    image: np.ndarray,
-    labels: np.ndarray,
-    out_dir: Path,
-    resume: bool,
-    init_checkpoint: str | None,
-    stop: threading.Event,
-    threads: int | None,
-) -> Generator[TrainProgress, None, TrainResult]:
-    """Worker body: finish the config from the checkpoint, then train.
-
-    On resume ``cfg`` is already the run's stored config with the widget's settings laid
-    over it (:func:`~napari_fcres.resume.resume_request`); ``train`` refuses it if they
-    change more than the harmless keys.
-    """
-    import torch
-
-    from ..checkpoint import config_of, read_checkpoint
-    from ..training import train
-
-    if threads:
-        torch.set_num_threads(threads)
-    if resume:
-        init_checkpoint = None  # the run's last.pt files carry the weights
-    elif init_checkpoint:
-        model = config_of(read_checkpoint(init_checkpoint)).model
-        if cfg.train.freeze_fcresnet and model.architecture != "pipeline":
-            raise InputError(
-                f"{init_checkpoint} holds a {model.architecture!r} model; adapting only the "
-                "pre-processor needs a 'pipeline' checkpoint"
-            )
-        cfg = dataclasses.replace(cfg, model=model)
-    result = yield from train(
-        cfg, image, labels, out_dir, resume=resume, init_checkpoint=init_checkpoint,
-        should_stop=stop.is_set,
-    )
-    return result
-
-
-_WARM_UP_STARTED = False
-
-
-def _warm_up() -> None:
-    """Import what a run needs, off the GUI thread, before the first run.
-
-    ``torch.optim`` pulls in ``torch._dynamo`` lazily when the first optimizer is built: about
-    a second of imports that hold the GIL for up to 200 ms at a time.  Done in the training
-    worker this froze the viewer at the start of the first run.
-    """
-    try:
-        import torch
-
-        from .. import inference, training  # noqa: F401
-
-        torch.optim.RMSprop([torch.zeros(1, requires_grad=True)])
-    except Exception as exc:  # noqa: BLE001 - only an optimisation
-        log.debug("warm-up failed: %s", exc)
-
-
-def warm_up_in_background() -> None:
-    """Start :func:`_warm_up` once per process in a daemon thread."""
-    global _WARM_UP_STARTED
-    if not _WARM_UP_STARTED:
-        _WARM_UP_STARTED = True
-        threading.Thread(target=_warm_up, name="napari-fcres-warm-up", daemon=True).start()
-
-
 def _worker_threads() -> int | None:
-    """Torch threads for training: leave one core to the GUI thread on small machines."""
-    env = os.environ.get("NAPARI_FCRES_TRAIN_THREADS")
-    if env:
-        return max(1, int(env))
-    n = os.cpu_count() or 1
-    return max(1, n - 1) if n > 1 else None
+    """Torch threads for training: leave one core to the GUI on small machines."""
+    return cpu_threads_for_worker()
 
 
 class _StoppableProgress:
@@ -253,7 +163,7 @@ class TrainWidget(QWidget):
     * :meth:`train_on` - start a run programmatically (used by the Export widget);
     * :meth:`stop` / :meth:`is_running`;
     * ``last_result`` (:class:`~napari_fcres.training.TrainResult` or None) and
-      ``best_checkpoints`` (list of ``best.pt`` paths of the last run);
+      ``best_checkpoints`` (paths of the last run's best checkpoints);
     * signals ``finished(TrainResult)`` (also for stopped runs), ``failed(WorkerFailed)`` and
       ``progressed(TrainProgress)``.
     """
@@ -290,7 +200,7 @@ class TrainWidget(QWidget):
         self._recount_timer.timeout.connect(self._refresh_summary)
         self._on_labels_changed()
         self._update_enabled()
-        warm_up_in_background()
+        prestart_worker_process()
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -372,8 +282,9 @@ class TrainWidget(QWidget):
         form.addRow("Start", row)
         self.checkpoint_edit = PathEdit(
             "file", filter="Checkpoints (*.pt);;All files (*)",
-            placeholder="best.pt of an earlier run",
-            tooltip="Checkpoint to fine-tune (a best.pt or last.pt written by napari-fcres)",
+            placeholder=f"{BEST_NAME} of an earlier run",
+            tooltip=f"Checkpoint to fine-tune (a {BEST_NAME} or {LAST_NAME} written by "
+            "napari-fcres)",
         )
         form.addRow("Checkpoint", self.checkpoint_edit)
         self.freeze_check = QCheckBox("Adapt only the pre-processor")
@@ -418,7 +329,7 @@ class TrainWidget(QWidget):
         form.addRow("Device", self.device_combo)
         self.output_edit = PathEdit(
             "folder",
-            tooltip="Folder of the run: config.yaml and member_KK/best.pt, last.pt.  Start "
+            tooltip=f"Folder of the run: {LAYOUT}.  Start "
             "never overwrites a run (it picks a fresh folder); Resume continues the run here.",
         )
         self._setting_output = False
@@ -492,12 +403,12 @@ class TrainWidget(QWidget):
         self.start_button.clicked.connect(self._on_start)
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip(
-            "End training at the next step; best.pt and a resumable last.pt are kept"
+            f"End training at the next step; {BEST_NAME} and a resumable {LAST_NAME} are kept"
         )
         self.stop_button.clicked.connect(self.stop)
         self.resume_button = QPushButton("Resume")
         self.resume_button.setToolTip(
-            "Continue the run in the output folder from its last.pt (e.g. after Stop or a "
+            f"Continue the run in the output folder from its {LAST_NAME} (e.g. after Stop or a "
             "crash) with the run's stored settings; only epochs, time limit, patience and "
             "device may differ.  Choosing a run's folder shows its settings."
         )
@@ -669,16 +580,16 @@ class TrainWidget(QWidget):
     # ------------------------------------------------------------------ config
     def build_config(self, *, partial: bool, slice_shape: tuple[int, int] | None = None,
                      freeze_fcresnet: bool | None = None) -> Config:
-        """The run's :class:`Config` from the widget's settings."""
-        cfg = preset_config(self.preset_combo.currentText(), self.arch_combo.currentText())
+        """The run's :class:`Config` from the widget's settings (one builder with the CLI)."""
         crop = self.crop_spin.value()
         if slice_shape is not None and crop > min(slice_shape):
             crop = int(min(slice_shape))
             log.info("crop size lowered to %d to fit slices of %s", crop, slice_shape)
         minutes = self.minutes_spin.value()
         freeze = self.freeze_check.isChecked() if freeze_fcresnet is None else freeze_fcresnet
-        cfg.train = dataclasses.replace(
-            cfg.train,
+        return build_train_config(
+            preset=self.preset_combo.currentText(),
+            architecture=self.arch_combo.currentText(),
             epochs=self.epochs_spin.value(),
             max_minutes=minutes if minutes > 0 else None,
             ensemble=self.ensemble_spin.value(),
@@ -691,9 +602,8 @@ class TrainWidget(QWidget):
             select_by=self.select_combo.currentText(),
             seed=self.seed_spin.value(),
             freeze_fcresnet=bool(freeze),
+            partial=partial,
         )
-        cfg.data = dataclasses.replace(cfg.data, partial=partial)
-        return cfg
 
     def _resume_overrides(self, cfg: Config, slice_shape: tuple[int, int]) -> dict[str, Any]:
         """The settings this widget shows, as a partial config to lay over a stored run."""
@@ -919,9 +829,9 @@ class TrainWidget(QWidget):
         if summary.warnings:
             notify_warning("Training starts, but check the labels: " + " ".join(summary.warnings))
         self.status_label.setFixedHeight(self._status_height)
-        self._worker = start_worker(
-            _train_job, cfg, image, labels, out, resume, init_checkpoint, self._stop_event,
-            _worker_threads(),
+        self._worker = start_job(
+            train_job, cfg, image, labels, out, resume, init_checkpoint, STOP,
+            stop_event=self._stop_event, threads=_worker_threads(),
             on_yield=self._on_progress, on_done=self._on_done, on_error=self._on_error,
             on_finished=self._on_finished,
         )
@@ -1022,8 +932,22 @@ class TrainWidget(QWidget):
 
     def _on_error(self, exc: WorkerFailed) -> None:
         self.status_label.setMaximumHeight(QWIDGETSIZE_MAX)
+        if isinstance(exc.original, WorkerProcessDied):
+            exc = WorkerFailed(f"{exc.message}. {self._after_death()}",
+                               original_type=exc.original_type, original=exc.original)
         report_error(self.status_label, exc, "Training failed")
         self.failed.emit(exc)
+
+    def _after_death(self) -> str:
+        """What the user can do after the worker process died: resume, or start again."""
+        out = self._run_dir
+        if out is None:
+            return "Start the run again"
+        try:
+            stored_config(out)
+        except FcresError:
+            return f"Nothing resumable was saved in {out} yet; start the run again"
+        return f"The run in {out} is resumable: press Resume to go on from its last save"
 
     def _on_finished(self) -> None:
         self._worker = None

@@ -4,14 +4,21 @@ Every test runs with napari's thread-affinity check for plugins enabled
 (``NAPARI_ENSURE_PLUGIN_MAIN_THREAD=1``: setting an attribute of a viewer or layer from a
 non-GUI thread raises), and widgets get the viewer wrapped in napari's ``PublicOnlyProxy``
 as napari hands it to plugin widgets (``make_napari_viewer_proxy``).
+
+``em_small``, ``tiny_checkpoint``, ``tiny_config`` and ``one_thread`` come from
+``tests/conftest.py``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    from napari_fcres.widgets.train import TrainWidget
 
 
 @pytest.fixture(autouse=True)
@@ -43,16 +50,6 @@ def viewer(make_napari_viewer_proxy):
     return make_napari_viewer_proxy()
 
 
-@pytest.fixture(scope="session")
-def em_small() -> tuple[np.ndarray, np.ndarray]:
-    """The synthetic sample cropped to 4 x 64 x 64: image uint8, labels 0/1 uint8."""
-    from napari_fcres._sample_data import synthetic_em
-
-    (image, _, _), (labels, _, _) = synthetic_em()
-    return (np.ascontiguousarray(image[:4, :64, :64]),
-            np.ascontiguousarray(labels[:4, :64, :64]))
-
-
 @pytest.fixture
 def em_layers(viewer, em_small):
     """The small stack added to ``viewer`` as an image and a labels layer."""
@@ -60,17 +57,6 @@ def em_layers(viewer, em_small):
     img = viewer.add_image(image, name="EM (synthetic)")
     lab = viewer.add_labels(labels.copy(), name="EM labels (synthetic)")
     return img, lab
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, em_small) -> Path:
-    """A tiny-preset pipeline trained for 2 epochs on the small stack (best.pt)."""
-    from napari_fcres.config import preset_config
-    from napari_fcres.training import replace_train, run_training
-
-    cfg = replace_train(preset_config("tiny"), epochs=2, crop_size=32, device="cpu")
-    result = run_training(cfg, *em_small, tmp_path_factory.mktemp("tiny_run"))
-    return result.best_checkpoints[0]
 
 
 @pytest.fixture
@@ -92,3 +78,36 @@ def notifications():
 
     return _View()
 
+
+@pytest.fixture
+def make_train_widget(viewer) -> Callable[..., TrainWidget]:
+    """Factory: a Train widget docked in ``viewer``: tiny preset, CPU, crop 32, no time limit.
+
+    ``make_train_widget(folder, epochs=2)`` writes its run to ``folder / "run"``.
+    """
+    from napari_fcres.widgets.train import TrainWidget
+
+    def make(folder: Path, *, epochs: int = 2) -> TrainWidget:
+        widget = TrainWidget(viewer)
+        viewer.window.add_dock_widget(widget, name="Train")
+        widget.preset_combo.setCurrentText("tiny")
+        widget.epochs_spin.setValue(epochs)
+        widget.minutes_spin.setValue(0)
+        widget.crop_spin.setValue(32)
+        widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
+        widget.output_edit.set_path(folder / "run")
+        return widget
+
+    return make
+
+
+@pytest.fixture
+def click(qtbot) -> Callable[[Any], None]:
+    """``click(button)``: a left click on an enabled button (fails naming a disabled one)."""
+    from qtpy.QtCore import Qt
+
+    def press(button: Any) -> None:
+        assert button.isEnabled(), f"{button.text()} is disabled"
+        qtbot.mouseClick(button, Qt.LeftButton)
+
+    return press

@@ -223,14 +223,15 @@ def test_closing_the_dock_stops_and_drops_the_prediction(viewer, qtbot, em_layer
 
     # a prediction that does not notice Stop and finishes after the dock closed (the race
     # of the issue: it came back 10 s later and overwrote the corrected layer)
-    real_job = predict_module._predict_job
+    real_job = predict_module.predict_job
 
     def slow_job(*args, **kwargs):
         time.sleep(1.0)
         kwargs["stop"] = threading.Event()  # ignores the stop request
         return real_job(*args, **kwargs)
 
-    monkeypatch.setattr(predict_module, "_predict_job", slow_job)
+    monkeypatch.setenv("NAPARI_FCRES_WORKER", "thread")  # the patch lives in this process
+    monkeypatch.setattr(predict_module, "predict_job", slow_job)
     with qtbot.waitSignal(widget.stopped, timeout=WAIT_MS):
         click(qtbot, widget.stack_button)
         assert widget.is_running()

@@ -3,11 +3,8 @@ model that learned nothing as a warning (issue 10, items 3, 4 and 6)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from qtpy.QtCore import Qt
 
 from napari_fcres.checkpoint import read_checkpoint
 from napari_fcres.widgets.train import TrainWidget
@@ -15,23 +12,6 @@ from napari_fcres.widgets.train import TrainWidget
 pytestmark = pytest.mark.gui
 
 WAIT_MS = 90_000
-
-
-def make_widget(viewer, tmp_path: Path, *, epochs: int = 1) -> TrainWidget:
-    widget = TrainWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Train")
-    widget.preset_combo.setCurrentText("tiny")
-    widget.epochs_spin.setValue(epochs)
-    widget.minutes_spin.setValue(0)
-    widget.crop_spin.setValue(32)
-    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
-    widget.output_edit.set_path(tmp_path / "run")
-    return widget
-
-
-def click(qtbot, button) -> None:
-    assert button.isEnabled(), f"{button.text()} is disabled"
-    qtbot.mouseClick(button, Qt.LeftButton)
 
 
 def choose_mode(widget: TrainWidget, mode: str) -> None:
@@ -48,11 +28,12 @@ def isbi_like(labels01: np.ndarray, labelled: int) -> np.ndarray:
     return out
 
 
-def test_isbi_labels_on_some_slices(viewer, qtbot, em_layers, tmp_path, notifications):
+def test_isbi_labels_on_some_slices(viewer, qtbot, em_layers, tmp_path, notifications,
+                                    make_train_widget, click):
     """0 = membrane must stay a class: never auto-partial, partial refused, slices-only works."""
     img, lab = em_layers
     viewer.add_labels(isbi_like(lab.data, 2), name="isbi")
-    widget = make_widget(viewer, tmp_path)
+    widget = make_train_widget(tmp_path, epochs=1)
     widget.labels_combo.set_layer("isbi")
     # full labels, not partial: 0 keeps its meaning (background); the empty slices are flagged
     assert widget.label_mode() == "full"
@@ -65,7 +46,7 @@ def test_isbi_labels_on_some_slices(viewer, qtbot, em_layers, tmp_path, notifica
     text = widget.annotated_label.text()
     assert "unlabeled (0)" in text and "background (1) 0%" in text
     assert "no pixel is background" in text
-    click(qtbot, widget.start_button)
+    click(widget.start_button)
     assert not widget.is_running()
     status = widget.status_label.text()
     assert status.startswith("Cannot start training: no pixel is background")
@@ -78,20 +59,21 @@ def test_isbi_labels_on_some_slices(viewer, qtbot, em_layers, tmp_path, notifica
     assert "on 2 of 4 slices" in text and "background (0)" in text
     assert "✖" not in text
     with qtbot.waitSignal(widget.finished, timeout=WAIT_MS):
-        click(qtbot, widget.start_button)
+        click(widget.start_button)
     qtbot.waitUntil(lambda: not widget.is_running(), timeout=WAIT_MS)
     best = read_checkpoint(tmp_path / "run" / "member_00" / "best.pt")
     assert sorted(best["split"]["train"] + best["split"]["val"]) == [0, 1]
 
 
 def test_counts_follow_painting_and_warn_on_slices_without_background(viewer, qtbot,
-                                                                      em_layers, tmp_path):
+                                                                      em_layers, tmp_path,
+                                                                      make_train_widget):
     img, _ = em_layers
     painted = np.zeros(img.data.shape, np.uint8)
     painted[0, :8] = 1
     painted[0, 20:40] = 2
     layer = viewer.add_labels(painted, name="painted")
-    widget = make_widget(viewer, tmp_path)
+    widget = make_train_widget(tmp_path, epochs=1)
     widget.labels_combo.set_layer(layer)
     assert widget.label_mode() == "partial"
     assert "on 1 of 4 slices" in widget.annotated_label.text()
@@ -105,11 +87,11 @@ def test_counts_follow_painting_and_warn_on_slices_without_background(viewer, qt
 
 
 def test_model_that_learned_nothing_is_a_warning(viewer, qtbot, em_layers, tmp_path,
-                                                 notifications):
-    widget = make_widget(viewer, tmp_path, epochs=1)
+                                                 notifications, make_train_widget, click):
+    widget = make_train_widget(tmp_path, epochs=1)
     widget.lr_spin.setValue(widget.lr_spin.minimum())  # one epoch at 1e-5: learns nothing
     with qtbot.waitSignal(widget.finished, timeout=WAIT_MS) as sig:
-        click(qtbot, widget.start_button)
+        click(widget.start_button)
     qtbot.waitUntil(lambda: not widget.is_running(), timeout=WAIT_MS)
     result = sig.args[0]
     assert result.warnings and "did not learn" in result.warnings[0]
@@ -123,13 +105,14 @@ def test_model_that_learned_nothing_is_a_warning(viewer, qtbot, em_layers, tmp_p
     assert not any(str(n.message).startswith("Training finished:") for n in notifications.all())
 
 
-def test_rgb_image_is_reported_as_rgb(viewer, qtbot, em_small, tmp_path, notifications):
+def test_rgb_image_is_reported_as_rgb(viewer, qtbot, em_small, tmp_path, notifications,
+                                      make_train_widget, click):
     image, labels = em_small
     viewer.add_image(np.stack([image[0]] * 3, axis=-1), name="colour", rgb=True)
     viewer.add_labels(labels[0].copy(), name="plane labels")
-    widget = make_widget(viewer, tmp_path)
+    widget = make_train_widget(tmp_path, epochs=1)
     assert widget.status_label.text() == "Ready"
-    click(qtbot, widget.start_button)
+    click(widget.start_button)
     assert not widget.is_running()
     status = widget.status_label.text()
     assert "RGB" in status and "shape" not in status

@@ -29,23 +29,6 @@ pytestmark = pytest.mark.gui
 WAIT_MS = 90_000
 
 
-def make_widget(viewer, qtbot, tmp_path: Path, *, epochs: int = 2) -> TrainWidget:
-    widget = TrainWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Train")
-    widget.preset_combo.setCurrentText("tiny")
-    widget.epochs_spin.setValue(epochs)
-    widget.minutes_spin.setValue(0)
-    widget.crop_spin.setValue(32)
-    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
-    widget.output_edit.set_path(tmp_path / "run")
-    return widget
-
-
-def click(qtbot, button) -> None:
-    assert button.isEnabled(), f"{button.text()} is disabled"
-    qtbot.mouseClick(button, Qt.LeftButton)
-
-
 def wait_done(qtbot, widget: TrainWidget, timeout: int = WAIT_MS) -> None:
     qtbot.waitUntil(lambda: not widget.is_running(), timeout=timeout)
 
@@ -57,8 +40,8 @@ def assert_usable(widget: TrainWidget) -> None:
     assert widget.image_combo.isEnabled() and widget.labels_combo.isEnabled()
 
 
-def test_layers_preset_and_tooltips(viewer, qtbot, em_layers, tmp_path):
-    widget = make_widget(viewer, qtbot, tmp_path)
+def test_layers_preset_and_tooltips(viewer, qtbot, em_layers, tmp_path, make_train_widget):
+    widget = make_train_widget(tmp_path)
     img, lab = em_layers
     assert widget.image_combo.layer().name == img.name
     assert widget.labels_combo.layer().name == lab.name
@@ -108,10 +91,10 @@ def test_detect_partial():
     assert not detect_partial(np.zeros((2, 4, 4), np.uint8))
 
 
-def test_full_training_run(viewer, qtbot, em_layers, tmp_path):
-    widget = make_widget(viewer, qtbot, tmp_path, epochs=2)
+def test_full_training_run(viewer, qtbot, em_layers, tmp_path, make_train_widget, click):
+    widget = make_train_widget(tmp_path, epochs=2)
     with qtbot.waitSignal(widget.finished, timeout=WAIT_MS) as sig:
-        click(qtbot, widget.start_button)
+        click(widget.start_button)
         assert widget.is_running()
         assert not widget.start_button.isEnabled() and widget.stop_button.isEnabled()
     wait_done(qtbot, widget)
@@ -135,14 +118,14 @@ def test_full_training_run(viewer, qtbot, em_layers, tmp_path):
     assert_usable(widget)
 
 
-def test_stop_then_resume(viewer, qtbot, em_layers, tmp_path):
-    widget = make_widget(viewer, qtbot, tmp_path, epochs=1000)
-    click(qtbot, widget.start_button)
+def test_stop_then_resume(viewer, qtbot, em_layers, tmp_path, make_train_widget, click):
+    widget = make_train_widget(tmp_path, epochs=1000)
+    click(widget.start_button)
     qtbot.waitUntil(lambda: len(widget.plot_data()["loss"].get(0, ([], []))[0]) >= 4,
                     timeout=WAIT_MS)
     with qtbot.waitSignal(widget.finished, timeout=WAIT_MS) as sig:
         t0 = time.perf_counter()
-        click(qtbot, widget.stop_button)
+        click(widget.stop_button)
         assert not widget.stop_button.isEnabled()  # a second click does nothing
     wait_done(qtbot, widget)
     stop_seconds = time.perf_counter() - t0
@@ -161,7 +144,7 @@ def test_stop_then_resume(viewer, qtbot, em_layers, tmp_path):
     # Resume: continues the same run from its last step, up to two more epochs
     widget.epochs_spin.setValue(stopped_epoch + 2)
     with qtbot.waitSignal(widget.finished, timeout=WAIT_MS) as sig:
-        click(qtbot, widget.resume_button)
+        click(widget.resume_button)
     wait_done(qtbot, widget)
     assert not sig.args[0].stopped
     last = read_checkpoint(member / "last.pt")
@@ -172,13 +155,14 @@ def test_stop_then_resume(viewer, qtbot, em_layers, tmp_path):
     assert_usable(widget)
 
 
-def test_failure_all_zero_labels(viewer, qtbot, em_layers, tmp_path, notifications):
+def test_failure_all_zero_labels(viewer, qtbot, em_layers, tmp_path, notifications,
+                                 make_train_widget, click):
     img, _ = em_layers
     viewer.add_labels(np.zeros(img.data.shape, np.uint8), name="empty")
-    widget = make_widget(viewer, qtbot, tmp_path)
+    widget = make_train_widget(tmp_path)
     widget.labels_combo.set_layer("empty")
     assert "all 0" in widget.annotated_label.text()  # said before Start
-    click(qtbot, widget.start_button)  # refused at once: no run, no worker
+    click(widget.start_button)  # refused at once: no run, no worker
     assert not widget.is_running()
     assert any("Cannot start training" in m and "all 0" in m for m in notifications.messages())
     assert widget.status_label.text().startswith("Cannot start training: the labels are all 0")
@@ -187,7 +171,7 @@ def test_failure_all_zero_labels(viewer, qtbot, em_layers, tmp_path, notificatio
 
 
 def test_failure_runtime_error_in_worker(viewer, qtbot, em_layers, tmp_path, notifications,
-                                         monkeypatch):
+                                         monkeypatch, make_train_widget, click):
     import napari_fcres.training as training
 
     real_train = training.train
@@ -197,10 +181,11 @@ def test_failure_runtime_error_in_worker(viewer, qtbot, em_layers, tmp_path, not
         yield next(gen)
         raise RuntimeError("simulated crash inside the worker")
 
+    monkeypatch.setenv("NAPARI_FCRES_WORKER", "thread")  # the patch lives in this process
     monkeypatch.setattr(training, "train", broken_train)
-    widget = make_widget(viewer, qtbot, tmp_path)
+    widget = make_train_widget(tmp_path)
     with qtbot.waitSignal(widget.failed, timeout=WAIT_MS) as sig:
-        click(qtbot, widget.start_button)
+        click(widget.start_button)
     wait_done(qtbot, widget)
     failed = sig.args[0]
     assert failed.original_type == "RuntimeError" and not failed.user_error
@@ -210,36 +195,82 @@ def test_failure_runtime_error_in_worker(viewer, qtbot, em_layers, tmp_path, not
     assert_usable(widget)
 
 
-def test_failure_out_of_memory(viewer, qtbot, em_layers, tmp_path, notifications, monkeypatch):
+def test_failure_out_of_memory(viewer, qtbot, em_layers, tmp_path, notifications, monkeypatch,
+                               make_train_widget, click):
     import napari_fcres.training as training
 
     def oom_train(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         yield  # a generator
 
+    monkeypatch.setenv("NAPARI_FCRES_WORKER", "thread")  # the patch lives in this process
     monkeypatch.setattr(training, "train", oom_train)
-    widget = make_widget(viewer, qtbot, tmp_path)
+    widget = make_train_widget(tmp_path)
     with qtbot.waitSignal(widget.failed, timeout=WAIT_MS) as sig:
-        click(qtbot, widget.start_button)
+        click(widget.start_button)
     wait_done(qtbot, widget)
     assert "out of memory" in sig.args[0].message and "batch" in sig.args[0].message
     assert notifications.errors()
     assert_usable(widget)
 
 
-def test_start_without_labels_layer(viewer, qtbot, em_small, tmp_path, notifications):
+def test_training_runs_in_a_worker_process_and_its_errors_reach_the_ui(
+        viewer, qtbot, em_layers, tmp_path, notifications, make_train_widget, click):
+    """A failure in the worker process (a corrupt checkpoint) arrives as the user's message."""
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"not a checkpoint")
+    img, lab = em_layers
+    widget = make_train_widget(tmp_path)
+    with qtbot.waitSignal(widget.failed, timeout=WAIT_MS) as sig:
+        widget.train_on(img, lab, init_checkpoint=str(bad), output_dir=str(tmp_path / "ft"))
+    wait_done(qtbot, widget)
+    failed = sig.args[0]
+    assert failed.user_error and "corrupt.pt" in failed.message
+    assert "read_checkpoint" in failed.traceback_text  # the worker process's traceback
+    assert_usable(widget)
+
+
+def test_killed_worker_process_leaves_napari_running_and_the_run_resumable(
+        viewer, qtbot, em_layers, tmp_path, notifications, make_train_widget, click):
+    """SIGKILL of the training process (as the kernel's OOM killer does) mid-run."""
+    widget = make_train_widget(tmp_path, epochs=200)
+    epochs_seen: list[int] = []
+    widget.progressed.connect(
+        lambda p: epochs_seen.append(p.epoch) if p.kind == "validation" else None)
+    click(widget.start_button)
+    run = tmp_path / "run"
+    qtbot.waitUntil(lambda: bool(epochs_seen) and any(run.rglob("last.pt")), timeout=WAIT_MS)
+    job = widget._worker.process_jobs[0]
+    assert job.pid is not None
+    with qtbot.waitSignal(widget.failed, timeout=WAIT_MS) as sig:
+        job.kill()
+    wait_done(qtbot, widget)
+    message = sig.args[0].message
+    assert "SIGKILL" in message and "napari itself is unaffected" in message
+    assert "resumable" in message and "Resume" in widget.status_label.text()
+    assert_usable(widget)
+    assert widget.resume_button.isEnabled()
+    widget.epochs_spin.setValue(epochs_seen[-1] + 2)
+    with qtbot.waitSignal(widget.finished, timeout=WAIT_MS) as done:
+        click(widget.resume_button)
+    wait_done(qtbot, widget)
+    assert not done.args[0].stopped
+
+
+def test_start_without_labels_layer(viewer, qtbot, em_small, tmp_path, notifications,
+                                    make_train_widget, click):
     viewer.add_image(em_small[0], name="only image")
-    widget = make_widget(viewer, qtbot, tmp_path)
-    click(qtbot, widget.start_button)
+    widget = make_train_widget(tmp_path)
+    click(widget.start_button)
     assert not widget.is_running()
     assert any("labels layer" in m for m in notifications.messages())
     assert_usable(widget)
 
 
 def test_train_on_slices_finetune_preprocessor(viewer, qtbot, em_layers, tmp_path,
-                                               tiny_checkpoint):
+                                               tiny_checkpoint, make_train_widget):
     img, lab = em_layers
-    widget = make_widget(viewer, qtbot, tmp_path, epochs=1)
+    widget = make_train_widget(tmp_path, epochs=1)
     widget.preset_combo.setCurrentText("cpu")  # the checkpoint's preset wins
     out = tmp_path / "finetune"
     with qtbot.waitSignal(widget.finished, timeout=WAIT_MS) as sig:
@@ -294,9 +325,10 @@ def test_widgets_open_from_the_plugin_menu(make_napari_viewer, display_name, cls
     assert type(widget).__name__ == cls_name
 
 
-def test_closing_the_widget_stops_training(viewer, qtbot, em_layers, tmp_path):
-    widget = make_widget(viewer, qtbot, tmp_path, epochs=1000)
-    click(qtbot, widget.start_button)
+def test_closing_the_widget_stops_training(viewer, qtbot, em_layers, tmp_path,
+                                           make_train_widget, click):
+    widget = make_train_widget(tmp_path, epochs=1000)
+    click(widget.start_button)
     qtbot.waitUntil(lambda: len(widget.plot_data()["loss"].get(0, ([], []))[0]) >= 2,
                     timeout=WAIT_MS)
     with qtbot.waitSignal(widget.finished, timeout=WAIT_MS) as sig:
@@ -327,8 +359,8 @@ def stopped_run(tmp_path, em_small):
 
 
 def test_choosing_a_run_folder_shows_its_settings_and_resume_finishes_it(
-        viewer, qtbot, em_layers, stopped_run):
-    widget = make_widget(viewer, qtbot, stopped_run.parent / "elsewhere", epochs=9)
+        viewer, qtbot, em_layers, stopped_run, make_train_widget, click):
+    widget = make_train_widget(stopped_run.parent / "elsewhere", epochs=9)
     widget.preset_combo.setCurrentText("cpu")
     widget.crop_spin.setValue(64)
     widget.output_edit.set_path(stopped_run)  # as if chosen with Browse...
@@ -336,7 +368,7 @@ def test_choosing_a_run_folder_shows_its_settings_and_resume_finishes_it(
     assert widget.epochs_spin.value() == 3 and widget.crop_spin.value() == 32
     assert widget.resume_button.isEnabled()
     with qtbot.waitSignal(widget.finished, timeout=WAIT_MS) as sig:
-        click(qtbot, widget.resume_button)
+        click(widget.resume_button)
     wait_done(qtbot, widget)
     assert not sig.args[0].stopped
     last = read_checkpoint(stopped_run / "member_00" / "last.pt")
@@ -345,13 +377,13 @@ def test_choosing_a_run_folder_shows_its_settings_and_resume_finishes_it(
 
 
 def test_resume_with_other_settings_is_refused_naming_them(
-        viewer, qtbot, em_layers, stopped_run, notifications):
-    widget = make_widget(viewer, qtbot, stopped_run.parent / "elsewhere")
+        viewer, qtbot, em_layers, stopped_run, notifications, make_train_widget, click):
+    widget = make_train_widget(stopped_run.parent / "elsewhere")
     widget.output_edit.set_path(stopped_run)
     widget.lr_spin.setValue(0.01)
     widget.epochs_spin.setValue(5)  # harmless on its own
     with qtbot.waitSignal(widget.failed, timeout=WAIT_MS):
-        click(qtbot, widget.resume_button)
+        click(widget.resume_button)
     wait_done(qtbot, widget)
     assert "train.lr: 0.001 in the run, 0.01 now" in widget.status_label.text()
     assert "epochs" not in widget.status_label.text().split("(only")[0]
@@ -361,8 +393,8 @@ def test_resume_with_other_settings_is_refused_naming_them(
 
 
 def test_resume_with_nothing_to_resume_says_so(viewer, qtbot, em_layers, tmp_path,
-                                               notifications):
-    widget = make_widget(viewer, qtbot, tmp_path)
+                                               notifications, make_train_widget):
+    widget = make_train_widget(tmp_path)
     (tmp_path / "run").mkdir()
     assert not widget.resume_button.isEnabled()
     widget._launch(resume=True)  # what the button would do, were it enabled

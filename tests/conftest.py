@@ -1,0 +1,64 @@
+"""Fixtures shared by every test: one torch thread, a tiny config, a tiny trained model.
+
+GUI-only fixtures (viewer, layers, notifications) live in ``tests/gui/conftest.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pytest
+
+if TYPE_CHECKING:
+    from napari_fcres.config import Config
+
+#: training settings of :func:`tiny_config`: a few small CPU steps
+TINY_TRAIN: dict[str, Any] = {"epochs": 2, "crop_size": 32, "device": "cpu"}
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test: tiny tensors run faster than on a busy multi-core pool."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Callable[..., Config]:
+    """Factory: the ``tiny`` preset with :data:`TINY_TRAIN`, training settings overridable.
+
+    ``tiny_config()``, ``tiny_config(epochs=1, steps_per_epoch=3)``, ``tiny_config(arch="unet")``.
+    """
+    from napari_fcres.config import preset_config
+    from napari_fcres.training import replace_train
+
+    def make(*, arch: str = "pipeline", **train: Any) -> Config:
+        return replace_train(preset_config("tiny", arch), **{**TINY_TRAIN, **train})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def em_small() -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic sample cropped to 4 x 64 x 64: image uint8, labels 0/1 uint8."""
+    from napari_fcres._sample_data import synthetic_em
+
+    (image, _, _), (labels, _, _) = synthetic_em()
+    return (np.ascontiguousarray(image[:4, :64, :64]),
+            np.ascontiguousarray(labels[:4, :64, :64]))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, em_small, tiny_config) -> Path:
+    """A tiny-preset pipeline trained for 2 epochs on the small stack (best.pt)."""
+    from napari_fcres.training import run_training
+
+    result = run_training(tiny_config(), *em_small, tmp_path_factory.mktemp("tiny_run"))
+    return result.best_checkpoints[0]
