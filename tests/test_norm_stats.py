@@ -45,6 +45,13 @@ def test_image_mode_normalizes_each_image_by_itself():
     torch.testing.assert_close(both[1:], ours(b), atol=1e-4, rtol=1e-4)
 
 
+def test_image_mode_uses_the_running_averages_on_a_single_pixel():
+    """A 1x1 map (the deepest level of the smallest input) has no statistics of its own."""
+    ours, ref = _trained_bn()
+    x = torch.randn(2, 3, 1, 1)
+    torch.testing.assert_close(ours.eval()(x), ref.eval()(x))
+
+
 def _model(norm_stats: str = "image"):
     cfg = preset_config("tiny", architecture="pipeline").model
     cfg.norm_stats = norm_stats
