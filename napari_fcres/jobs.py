@@ -155,6 +155,34 @@ class InspectResult:
     source: str  # where the classes came from: "labels" or "prediction"
     note: str = ""
     fits: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    #: ``{"raw" | "normalized": {"background" | "foreground": (density, bin_edges)}}``,
+    #: computed in the worker so the GUI thread only draws them.
+    histograms: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(
+        default_factory=dict)
+
+
+#: Bins of the inspect histograms.
+HISTOGRAM_BINS = 80
+
+
+def class_histograms(
+    background: ClassSamples, foreground: ClassSamples, bins: int = HISTOGRAM_BINS
+) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Density histograms of both classes on shared bins (0.1-99.9 percentile range)."""
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for key in ("raw", "normalized"):
+        bg, fg = getattr(background, key), getattr(foreground, key)
+        both = np.concatenate([bg, fg]) if bg.size + fg.size else np.zeros(1, np.float32)
+        lo, hi = (float(v) for v in np.percentile(both, (0.1, 99.9)))
+        if not hi > lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = np.linspace(lo, hi, bins + 1)
+        out[key] = {}
+        for name, values in (("background", bg), ("foreground", fg)):
+            if values.size:
+                density, _ = np.histogram(values, bins=edges, density=True)
+                out[key][name] = (density, edges)
+    return out
 
 
 def normal_fit(values: np.ndarray) -> tuple[float, float]:
@@ -237,4 +265,5 @@ def inspect_job(
         name: {"raw": normal_fit(c.raw), "normalized": normal_fit(c.normalized)}
         for name, c in (("background", background), ("foreground", foreground))
     }
-    return InspectResult(slices, normalized, probs, background, foreground, source, note, fits)
+    return InspectResult(slices, normalized, probs, background, foreground, source, note, fits,
+                         class_histograms(background, foreground))

@@ -21,6 +21,10 @@ __all__ = [
     "fill_holes",
     "instance_labels",
     "labels_from_probabilities",
+    "remove_small_labels",
+    "fill_label_holes",
+    "keep_largest",
+    "relabel_instances",
     "merge_labels",
     "split_label_along_line",
     "MODES",
@@ -176,6 +180,54 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
     if not np.issubdtype(labels.dtype, np.integer):
         raise InputError(f"labels must be integers, got dtype {labels.dtype}")
     return labels
+
+
+def remove_small_labels(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop connected pieces of each label smaller than ``min_size`` pixels / voxels.
+
+    Pieces are face-connected and never span two labels; the dtype is kept.
+    """
+    from skimage.measure import label as connected
+
+    if min_size <= 1:
+        return labels.copy()
+    pieces = connected(labels, background=0, connectivity=1)
+    sizes = np.bincount(pieces.ravel())
+    keep = sizes >= min_size
+    keep[0] = False
+    return np.where(keep[pieces], labels, 0).astype(labels.dtype, copy=False)
+
+
+def _fill_plane(plane: np.ndarray) -> np.ndarray:
+    out = plane.copy()
+    for lab, box in enumerate(ndimage.find_objects(plane), start=1):
+        if box is None:
+            continue
+        sub = plane[box]
+        filled = ndimage.binary_fill_holes(sub == lab) & (sub == 0)
+        if filled.any():
+            out[box][filled] = lab
+    return out
+
+
+def fill_label_holes(labels: np.ndarray) -> np.ndarray:
+    """Fill background enclosed by one label with that label (per 2-D slice of a stack)."""
+    if labels.ndim == 2:
+        return _fill_plane(labels)
+    return np.stack([_fill_plane(p) for p in labels])
+
+
+def keep_largest(labels: np.ndarray) -> np.ndarray:
+    """Keep the labels inside the largest connected foreground component (3-D for a stack)."""
+    return np.where(largest_component(labels > 0), labels, 0).astype(labels.dtype, copy=False)
+
+
+def relabel_instances(labels: np.ndarray, offset: int = 0) -> np.ndarray:
+    """Connected foreground components as new ids ``offset + 1 ...`` (per slice of a stack)."""
+    out = instance_labels(labels > 0, per_slice=True)
+    if offset:
+        out[out > 0] += offset
+    return out
 
 
 def merge_labels(labels: np.ndarray, a: int, b: int, close_gap: int = 0) -> np.ndarray:

@@ -12,6 +12,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 
+# Tests train in this process (fixtures, core tests); building an optimizer imports
+# torch._dynamo and, with a CUDA build of torch, triton, whose LLVM segfaults the process if
+# it loads after napari's software-OpenGL viewer.  Loaded first, it is harmless.  (The plugin
+# itself never imports it into napari's process: its jobs run in a worker process.)
+try:
+    import torch._dynamo  # noqa: F401
+except Exception:  # noqa: BLE001 - only an ordering precaution
+    pass
+
 if TYPE_CHECKING:
     from napari_fcres.config import Config
 

@@ -8,10 +8,14 @@ import pytest
 from napari_fcres.errors import InputError
 from napari_fcres.postprocess import (
     fill_holes,
+    fill_label_holes,
     instance_labels,
+    keep_largest,
     labels_from_probabilities,
     largest_component,
     merge_labels,
+    relabel_instances,
+    remove_small_labels,
     remove_small_objects,
     split_label_along_line,
     threshold,
@@ -212,3 +216,47 @@ def test_split_grows_dtype_when_full():
     lab[0, 0] = 1
     out = split_label_along_line(lab, 255, np.array([[0.0, 3.0], [5.0, 3.0]]))
     assert out.dtype != np.uint8 and out.max() == 256
+
+
+def test_remove_small_labels_per_label_piece():
+    labels = np.zeros((2, 12, 12), dtype=np.uint16)
+    labels[0, 1:6, 1:6] = 3  # 25 pixels
+    labels[0, 8:10, 8:10] = 3  # a 4-pixel piece of the same label
+    labels[0, 1:6, 6:8] = 5  # 10 pixels touching label 3: its own piece
+    labels[1, 0:2, 0:2] = 7  # 4 pixels
+    out = remove_small_labels(labels, 9)
+    assert out.dtype == labels.dtype and out.shape == labels.shape
+    assert (out[0, 1:6, 1:6] == 3).all() and (out[0, 1:6, 6:8] == 5).all()
+    assert not out[0, 8:10, 8:10].any() and not out[1].any()
+    np.testing.assert_array_equal(remove_small_labels(labels, 1), labels)
+
+
+def test_fill_label_holes_per_slice_and_label():
+    labels = np.zeros((2, 9, 9), dtype=np.int32)
+    labels[0, 1:8, 1:8] = 4
+    labels[0, 3:6, 3:6] = 0  # a hole of label 4
+    labels[1, 1:4, 1:4] = 2  # no hole: unchanged
+    out = fill_label_holes(labels)
+    assert (out[0, 1:8, 1:8] == 4).all()
+    np.testing.assert_array_equal(out[1], labels[1])
+    np.testing.assert_array_equal(fill_label_holes(labels[0]), out[0])  # 2-D alike
+
+
+def test_keep_largest_keeps_the_ids_of_the_largest_component():
+    labels = np.zeros((3, 10, 10), dtype=np.uint8)
+    labels[:, 1:5, 1:4] = 1  # a 3-D column split into two ids ...
+    labels[:, 1:5, 4:6] = 2
+    labels[1, 7:9, 7:9] = 3  # ... and a small separate object
+    out = keep_largest(labels)
+    assert out.dtype == np.uint8
+    assert set(np.unique(out)) == {0, 1, 2} and not out[1, 7:9, 7:9].any()
+
+
+def test_relabel_instances_with_offset():
+    labels = np.zeros((2, 8, 8), dtype=np.int32)
+    labels[0, 1:3, 1:3] = labels[0, 5:7, 5:7] = 1  # one id, two components
+    labels[1, 1:3, 1:3] = 9
+    out = relabel_instances(labels)
+    assert sorted(set(np.unique(out)) - {0}) == [1, 2, 3]  # unique in the stack
+    shifted = relabel_instances(labels, offset=10)
+    np.testing.assert_array_equal(shifted, np.where(out > 0, out + 10, 0))

@@ -17,7 +17,6 @@ Public API (kept small on purpose):
 * :class:`LayerCombo` - a combo box of the viewer's layers of one type that follows layer
   insertion, removal and renaming; ``.layer()`` gives the chosen layer.
 * :class:`PathEdit` - a line edit plus "Browse..." button for a file or folder.
-* :class:`CheckpointCombo` - editable list of this session's checkpoints plus "Browse...".
 * :func:`device_choices` - ``(label, key)`` of every compute device.
 * :func:`recent_checkpoints` / :func:`remember_checkpoints` / :func:`checkpoint_registry` -
   checkpoints trained in this session (newest first), with a ``changed`` Qt signal.
@@ -27,6 +26,10 @@ Public API (kept small on purpose):
   viewer shows.
 * :func:`layer_source` / :func:`is_lazy_layer` - a layer's full-resolution data without
   loading it, and whether it is lazy (dask / zarr / multiscale: predict it block by block).
+
+Layer names, metadata keys and undoable label writes shared by several widgets live in
+:mod:`._layers`, checkpoint pickers in :mod:`._pickers`, the Train widget's plot in
+:mod:`._plot`: widget modules never import each other.
 
 Threading rule: worker functions receive plain numpy arrays and settings only, never layers or
 the viewer; every callback (``on_yield``, ``on_done``, ``on_error``, ``on_finished``) runs on
@@ -63,7 +66,6 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import FcresError
-from ..runs import BEST_NAME
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,6 @@ __all__ = [
     "scroll_body",
     "LayerCombo",
     "PathEdit",
-    "CheckpointCombo",
     "device_choices",
     "recent_checkpoints",
     "remember_checkpoints",
@@ -663,69 +664,6 @@ class PathEdit(QWidget):
 
     def set_path(self, path: str | Path | None) -> None:
         self.edit.setText("" if path is None else str(path))
-
-
-class CheckpointCombo(QWidget):
-    """Editable combo of this session's checkpoints (newest first) plus "Browse...".
-
-    Follows :func:`recent_checkpoints`: a newly trained checkpoint becomes the choice unless
-    the user picked another file.  ``path()`` gives the chosen file ("" when none).
-    """
-
-    changed = Signal(str)
-
-    def __init__(self, tooltip: str = "", parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.combo = QComboBox()
-        self.combo.setEditable(True)
-        self.combo.setInsertPolicy(QComboBox.NoInsert)
-        self.combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.combo.setMinimumContentsLength(12)
-        self.combo.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
-        self.combo.lineEdit().setPlaceholderText(f"{BEST_NAME} of a run (train one first)")
-        self.combo.setToolTip(tooltip or f"Checkpoint file ({BEST_NAME}) written by napari-fcres")
-        self.combo.currentTextChanged.connect(self.changed.emit)
-        self.button = QPushButton("Browse...")
-        self.button.setToolTip("Choose a checkpoint file in a dialog")
-        self.button.clicked.connect(self._browse)
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.combo, 1)
-        lay.addWidget(self.button)
-        self.setToolTip(self.combo.toolTip())
-        self._newest = ""
-        checkpoint_registry().changed.connect(self._on_registry_changed)
-        self._on_registry_changed(recent_checkpoints())
-
-    def _on_registry_changed(self, paths: list) -> None:
-        current = self.combo.currentText()
-        items = [str(p) for p in paths]
-        follow = not current or current == self._newest
-        self.combo.blockSignals(True)
-        try:
-            self.combo.clear()
-            self.combo.addItems(items)
-            self.combo.setEditText(items[0] if follow and items else current)
-        finally:
-            self.combo.blockSignals(False)
-        self._newest = items[0] if items else ""
-        if self.combo.currentText() != current:
-            self.changed.emit(self.combo.currentText())
-
-    def _browse(self) -> None:
-        start = self.path() or str(Path.home())
-        chosen, _ = QFileDialog.getOpenFileName(
-            self, "Choose a checkpoint", start, "Checkpoints (*.pt);;All files (*)"
-        )
-        if chosen:
-            self.set_path(chosen)
-
-    def path(self) -> str:
-        text = self.combo.currentText().strip()
-        return str(Path(text).expanduser()) if text else ""
-
-    def set_path(self, path: str | Path | None) -> None:
-        self.combo.setEditText("" if path is None else str(path))
 
 
 # ----------------------------------------------------------------------------- devices

@@ -37,7 +37,17 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import FcresError, InputError
+from ..postprocess import (
+    fill_label_holes,
+    keep_largest,
+    labels_from_probabilities,
+    merge_labels,
+    relabel_instances,
+    remove_small_labels,
+    split_label_along_line,
+)
 from ._common import LayerCombo, current_slice, layer_data, report_error, scroll_body
+from ._layers import METADATA_KEY, RESULT_KEY, apply_labels
 
 if TYPE_CHECKING:
     import napari
@@ -45,8 +55,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPLIT_LAYER_NAME = "split line"
-#: Metadata marker of the layers the Predict widget made (see ``predict.RESULT_KEY``).
-RESULT_KEY = "fcres_result"
 SCOPES = ("current slice", "whole stack")
 #: Coalesce slider moves into one preview per this many ms.
 PREVIEW_MS = 40
@@ -61,118 +69,7 @@ MODE_HELP = {
 }
 
 
-# ----------------------------------------------------------------------------- undoable writes
-
-
-def _index_dtype(n: int) -> np.dtype:
-    """Smallest unsigned dtype that indexes an axis of length ``n`` (history memory)."""
-    for dtype in (np.uint16, np.uint32):
-        if n <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    return np.dtype(np.intp)
-
-
-def apply_labels(layer: Any, new: np.ndarray, index: int | None = None) -> int:
-    """Write ``new`` into a Labels layer as ONE undoable step; return the pixels changed.
-
-    ``index`` selects a slice along the first axis (``new`` is then 2-D), ``None`` the whole
-    data.  Only changed pixels are recorded (their indices in the smallest integer dtype).  If
-    the new labels do not fit the layer's dtype it is widened first (the history stays valid).
-    """
-    if getattr(layer, "multiscale", False):
-        raise InputError("multiscale labels layers cannot be corrected here")
-    data = layer.data
-    if not isinstance(data, np.ndarray):
-        raise InputError(
-            f"labels layer {layer.name!r} is not held in memory ({type(data).__name__}); "
-            "load it as a numpy array to correct it here"
-        )
-    target = data if index is None else data[index]
-    new = np.asarray(new)
-    if new.shape != target.shape:
-        raise InputError(f"new labels have shape {new.shape}, expected {target.shape}")
-    changed = target != new
-    n = int(np.count_nonzero(changed))
-    if n == 0:
-        return 0
-    values = new[changed]
-    if np.issubdtype(values.dtype, np.integer) or values.dtype == bool:
-        lo, hi = int(values.min()), int(values.max())
-    else:
-        raise InputError(f"labels must be integers, got {values.dtype}")
-    if lo < 0:
-        raise InputError("labels must not be negative")
-    if hi > np.iinfo(data.dtype).max:
-        wider = np.int32 if hi <= np.iinfo(np.int32).max else np.int64
-        log.warning("widening labels layer %r from %s to %s to hold label %d",
-                    layer.name, data.dtype, np.dtype(wider), hi)
-        layer.data = data.astype(wider)
-        data = layer.data
-    idx = [ix.astype(_index_dtype(data.shape[ax + (index is not None)]), copy=False)
-           for ax, ix in enumerate(np.nonzero(changed))]
-    if index is not None:
-        idx.insert(0, np.full(n, index, dtype=_index_dtype(data.shape[0])))
-    if not layer.visible:
-        # napari does not re-slice a hidden layer when the slider moves, and data_setitem
-        # updates the displayed slice it last made (IndexError on a stale slice): slice now
-        layer.set_view_slice()
-    with layer.block_history():
-        layer.data_setitem(tuple(idx), values.astype(data.dtype, copy=False))
-    return n
-
-
 # ----------------------------------------------------------------------------- label operations
-
-
-def remove_small_labels(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop connected pieces of each label smaller than ``min_size`` pixels / voxels."""
-    from skimage.measure import label as connected
-
-    if min_size <= 1:
-        return labels.copy()
-    pieces = connected(labels, background=0, connectivity=1)
-    sizes = np.bincount(pieces.ravel())
-    keep = sizes >= min_size
-    keep[0] = False
-    return np.where(keep[pieces], labels, 0).astype(labels.dtype, copy=False)
-
-
-def _fill_plane(plane: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-
-    out = plane.copy()
-    for lab, box in enumerate(ndimage.find_objects(plane), start=1):
-        if box is None:
-            continue
-        sub = plane[box]
-        filled = ndimage.binary_fill_holes(sub == lab) & (sub == 0)
-        if filled.any():
-            out[box][filled] = lab
-    return out
-
-
-def fill_label_holes(labels: np.ndarray) -> np.ndarray:
-    """Fill background enclosed by one label with that label (per 2-D slice of a stack)."""
-    if labels.ndim == 2:
-        return _fill_plane(labels)
-    return np.stack([_fill_plane(p) for p in labels])
-
-
-def keep_largest(labels: np.ndarray) -> np.ndarray:
-    """Keep the labels inside the largest connected foreground component (3-D for a stack)."""
-    from ..postprocess import largest_component
-
-    return np.where(largest_component(labels > 0), labels, 0).astype(labels.dtype, copy=False)
-
-
-def relabel_instances(labels: np.ndarray, offset: int = 0) -> np.ndarray:
-    """Connected foreground components as new ids ``offset + 1 ...`` (per slice of a stack)."""
-    from ..postprocess import instance_labels
-
-    out = instance_labels(labels > 0, per_slice=True)
-    if offset:
-        out[out > 0] += offset
-    return out
 
 
 def _max_outside(data: np.ndarray, index: int | None) -> int:
@@ -423,7 +320,7 @@ class CorrectWidget(QWidget):
         self.commit_threshold()
         self._match_probability()
         layer = self.labels_combo.layer()
-        meta = getattr(layer, "metadata", {}).get("fcres", {}) if layer is not None else {}
+        meta = getattr(layer, "metadata", {}).get(METADATA_KEY, {}) if layer is not None else {}
         if meta.get("mode") in MODE_HELP:
             self.mode_combo.setCurrentText(meta["mode"])
         self._update_enabled()
@@ -538,8 +435,6 @@ class CorrectWidget(QWidget):
 
     def _threshold_labels(self, prob: np.ndarray, labels: np.ndarray, index: int | None
                           ) -> np.ndarray:
-        from ..postprocess import labels_from_probabilities
-
         mode = self.mode_combo.currentText()
         if index is not None:
             prob = prob[index]
@@ -645,8 +540,6 @@ class CorrectWidget(QWidget):
 
     def merge(self) -> int:
         """Merge label B into label A."""
-        from ..postprocess import merge_labels
-
         a, b = self.merge_a_spin.value(), self.merge_b_spin.value()
         gap = self.merge_gap_spin.value()
         return self._operate(f"Merge {b} into {a}",
@@ -703,8 +596,6 @@ class CorrectWidget(QWidget):
 
     def split(self) -> int:
         """Cut a label along the last line drawn on the shown slice."""
-        from ..postprocess import split_label_along_line
-
         self.commit_threshold()
         layer = self._labels_layer()
         data = layer_data(layer)

@@ -34,16 +34,15 @@ from qtpy.QtWidgets import (
 from ..errors import FcresError, InputError
 from ..io import safe_name
 from ._common import LayerCombo, PathEdit, layer_data, notify_info, report_error, scroll_body
-from .predict import prefer_source_image
+from ._docks import open_dock_widget
+from ._layers import METADATA_KEY, edit_events, prefer_source_image
 
 if TYPE_CHECKING:
     import napari
 
 log = logging.getLogger(__name__)
 
-METADATA_KEY = "fcres"
 TRAIN_WIDGET_NAME = "Train / fine-tune"
-PLUGIN_NAME = "napari-fcres"
 FORMATS = {"TIFF (.tif)": ".tif", "NIfTI (.nii.gz)": ".nii.gz"}
 LABEL_MODES = {
     "foreground (label > 0 → 1)": "foreground",
@@ -274,14 +273,14 @@ class ExportWidget(QWidget):
         if old is layer:
             return
         if old is not None:
-            for ev in _edit_events(old):
+            for ev in edit_events(old):
                 try:
                     ev.disconnect(self._schedule_recount)
                 except (TypeError, ValueError, RuntimeError):
                     pass
         self._watched = layer
         if layer is not None:
-            for ev in _edit_events(layer):
+            for ev in edit_events(layer):
                 ev.connect(self._schedule_recount)
 
     def _schedule_recount(self, *_: Any) -> None:
@@ -400,23 +399,8 @@ class ExportWidget(QWidget):
             report_error(self.status_label, exc, "Cannot fine-tune")
 
     def _find_train_widget(self) -> Any:
-        from .train import TrainWidget
-
-        try:
-            for widget in self.viewer.window.dock_widgets.values():
-                if isinstance(widget, TrainWidget):
-                    return widget
-        except (AttributeError, RuntimeError):
-            pass
-        try:  # tabbed with the other docks: docking one more never grows the window
-            _, widget = self.viewer.window.add_plugin_dock_widget(
-                PLUGIN_NAME, TRAIN_WIDGET_NAME, tabify=True)
-            return widget
-        except Exception as exc:  # noqa: BLE001 - plugin not registered (e.g. not installed)
-            log.info("no registered Train widget (%s); creating one", exc)
-        widget = TrainWidget(self.viewer)
-        self.viewer.window.add_dock_widget(widget, name=TRAIN_WIDGET_NAME, tabify=True)
-        return widget
+        """The docked Train widget; docked now (tabbed with the others) when there is none."""
+        return open_dock_widget(self.viewer, TRAIN_WIDGET_NAME)
 
     def fine_tune(self) -> Any:
         """Fine-tune on the corrected slices via the Train widget; return that widget."""
@@ -472,12 +456,6 @@ class ExportWidget(QWidget):
         self._update_enabled()
         if self.train_widget is None or not _safe_running(self.train_widget):
             self._train_poll.stop()
-
-
-def _edit_events(layer: Any) -> list[Any]:
-    """Events after which the labels may differ: painting, data, undo / redo (a refresh)."""
-    ev = layer.events
-    return [ev.paint, ev.data, ev.labels_update, ev.set_data]
 
 
 def _safe_running(widget: Any) -> bool:

@@ -37,7 +37,8 @@ from ._common import (
     scroll_body,
     start_worker,
 )
-from .predict import CheckpointList, label_name
+from ._layers import label_name
+from ._pickers import CheckpointList
 
 if TYPE_CHECKING:
     import napari
@@ -74,7 +75,7 @@ class ExportModelWidget(QWidget):
     """Export ticked checkpoints as a bioimage.io model package.
 
     Public API: :meth:`export`, :meth:`is_running`; ``checkpoint_list`` (a
-    :class:`~napari_fcres.widgets.predict.CheckpointList`), ``output_edit``; signals
+    :class:`~napari_fcres.widgets._pickers.CheckpointList`), ``output_edit``; signals
     ``exported(Path)`` and ``failed(WorkerFailed)``.
     """
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,44 +26,46 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtCore import QEvent, QObject, Qt, Signal
 from qtpy.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QListWidget,
-    QListWidgetItem,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
 from ..errors import FcresError, InputError, StoppedError
-from ..io import layer_spacing, safe_name
+from ..io import layer_spacing
 from ..jobs import THRESHOLD, PredictJobResult, predict_job, preview_job
 from ..worker_process import REPORT, STOP
 from ._common import (
     LayerCombo,
     PathEdit,
     WorkerFailed,
-    checkpoint_registry,
     current_slice,
     device_choices,
     is_lazy_layer,
     layer_source,
-    notify_error,
     notify_info,
     prestart_worker_process,
-    recent_checkpoints,
     report_error,
     scroll_body,
     start_job,
     start_worker,
 )
+from ._layers import (
+    METADATA_KEY,
+    PREVIEW_SUFFIX,
+    RESULT_KEY,
+    apply_labels,
+    label_name,
+    layer_names,
+    prefer_source_image,
+)
+from ._pickers import CheckpointList
 
 if TYPE_CHECKING:
     import napari
@@ -72,11 +73,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: ``layer.metadata`` key under which prediction provenance is kept.
-METADATA_KEY = "fcres"
-#: ``layer.metadata`` key marking the layers a prediction made (``{"image", "kind"}``).
-RESULT_KEY = "fcres_result"
-#: Threshold turning probabilities into labels (change it live in the Correct widget).
 #: Resolution of the activity-dock progress bar.
 PROGRESS_TOTAL = 1000
 
@@ -88,54 +84,15 @@ MODE_HELP = {
 }
 
 
-def layer_names(image_name: str) -> dict[str, str]:
-    """Names of the layers a prediction of ``image_name`` creates."""
-    return {
-        "probability": f"{image_name} probability",
-        "normalized": f"{image_name} normalized",
-        "disagreement": f"{image_name} disagreement",
-        "labels": f"{image_name} labels",
-    }
-
-
-#: Suffix of the single-slice preview layers of a lazy image.
-PREVIEW_SUFFIX = " (preview)"
-RESULT_SUFFIXES = (" probability", " normalized", " disagreement",
-                   " probability" + PREVIEW_SUFFIX)
-
-
 def default_zarr_path(image_name: str) -> Path:
     """``~/napari-fcres/predictions/<image>.zarr``: the OME-Zarr output of a lazy image."""
     return Path.home() / "napari-fcres" / "predictions" / f"{label_name(image_name)}.zarr"
-
-
-def label_name(image_name: str) -> str:
-    """The ``labels/<name>`` group name of an image's prediction (file-name friendly)."""
-    return safe_name(image_name, default="labels")
 
 
 def probabilities_path(labels_store: str | Path) -> Path:
     """Where the probabilities of an OME-Zarr prediction go: ``<store>_probabilities.zarr``."""
     p = Path(labels_store)
     return p.with_name(f"{p.stem}_probabilities.zarr")
-
-
-def is_result_layer(name: str) -> bool:
-    """True for the image layers a prediction adds (not worth predicting or exporting)."""
-    return name.endswith(RESULT_SUFFIXES)
-
-
-def prefer_source_image(combo: LayerCombo, viewer: Any) -> None:
-    """If ``combo`` shows a prediction result, choose the top-most other image layer."""
-    from napari.layers import Image
-
-    layer = combo.layer()
-    if layer is None or not is_result_layer(layer.name):
-        return
-    for candidate in reversed(list(viewer.layers)):
-        if isinstance(candidate, Image) and not is_result_layer(candidate.name):
-            combo.set_layer(candidate.name)
-            return
 
 
 @dataclass
@@ -228,155 +185,6 @@ class _Progress:
 
     def close(self) -> None:
         self.bar.close()
-
-
-class CheckpointList(QWidget):
-    """Checkable list of checkpoints with Add file / Add folder / Remove.
-
-    The ticked checkpoints form the ensemble.  Checkpoints trained in this session are added
-    automatically; the newest run's members are ticked and the others unticked.
-    """
-
-    changed = Signal()
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.list = QListWidget()
-        self.list.setSelectionMode(QAbstractItemView.ExtendedSelection)
-        self.list.setToolTip(
-            "Checkpoints to predict with; ticked ones form the ensemble (their probabilities "
-            "are averaged and their spread is shown as the disagreement layer)"
-        )
-        self.list.setMinimumHeight(60)
-        self.list.setMaximumHeight(110)
-        self.list.itemChanged.connect(lambda *_: self.changed.emit())
-        self.add_file_button = QPushButton("Add file...")
-        self.add_file_button.setToolTip("Add checkpoint files (best.pt / last.pt)")
-        self.add_file_button.clicked.connect(self._add_files_dialog)
-        self.add_folder_button = QPushButton("Add folder...")
-        self.add_folder_button.setToolTip(
-            "Add every best.pt below a folder (e.g. a run folder holding an ensemble)"
-        )
-        self.add_folder_button.clicked.connect(self._add_folder_dialog)
-        self.remove_button = QPushButton("Remove")
-        self.remove_button.setToolTip("Remove the selected checkpoints from the list")
-        self.remove_button.clicked.connect(self.remove_selected)
-        buttons = QHBoxLayout()
-        for b in (self.add_file_button, self.add_folder_button, self.remove_button):
-            buttons.addWidget(b)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.list)
-        lay.addLayout(buttons)
-
-        registry = checkpoint_registry()
-        registry.changed.connect(self._on_registry_changed)
-        self.add_recent(recent_checkpoints())
-
-    # ------------------------------------------------------------------ content
-    def paths(self) -> list[Path]:
-        """Every listed checkpoint."""
-        return [Path(self.list.item(i).data(Qt.UserRole)) for i in range(self.list.count())]
-
-    def checked(self) -> list[Path]:
-        """The ticked checkpoints (the ensemble)."""
-        out = []
-        for i in range(self.list.count()):
-            item = self.list.item(i)
-            if item.checkState() == Qt.Checked:
-                out.append(Path(item.data(Qt.UserRole)))
-        return out
-
-    def add(self, paths: Sequence[str | Path], *, checked: bool = True, top: bool = False) -> None:
-        """Add checkpoints (already listed ones only get ticked / unticked)."""
-        known = {str(p): i for i, p in enumerate(self.paths())}
-        self.list.blockSignals(True)
-        try:
-            for k, p in enumerate(paths):
-                p = Path(p).expanduser()
-                state = Qt.Checked if checked else Qt.Unchecked
-                if str(p) in known:
-                    self.list.item(known[str(p)]).setCheckState(state)
-                    continue
-                item = QListWidgetItem(_short_name(p))
-                item.setData(Qt.UserRole, str(p))
-                item.setToolTip(str(p))
-                item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-                item.setCheckState(state)
-                if top:
-                    self.list.insertItem(k, item)
-                else:
-                    self.list.addItem(item)
-        finally:
-            self.list.blockSignals(False)
-        self.changed.emit()
-
-    def set_checkpoints(self, paths: Sequence[str | Path]) -> None:
-        """Replace the list by ``paths``, all ticked."""
-        self.list.clear()
-        self.add(paths)
-
-    def add_recent(self, paths: Sequence[Path]) -> None:
-        """Add session checkpoints; only the newest run (first path's run folder) is ticked."""
-        if not paths:
-            return
-        newest_run = _run_dir(Path(paths[0]))
-        fresh = [p for p in paths if _run_dir(Path(p)) == newest_run]
-        old = [p for p in paths if _run_dir(Path(p)) != newest_run]
-        if fresh and self.list.count():
-            self.list.blockSignals(True)
-            for i in range(self.list.count()):
-                self.list.item(i).setCheckState(Qt.Unchecked)
-            self.list.blockSignals(False)
-        self.add(old, checked=False)
-        self.add(fresh, checked=True, top=True)
-
-    def remove_selected(self) -> None:
-        for item in self.list.selectedItems():
-            self.list.takeItem(self.list.row(item))
-        self.changed.emit()
-
-    # ------------------------------------------------------------------ slots
-    def _on_registry_changed(self, paths: list) -> None:
-        new = [Path(p) for p in paths if str(p) not in {str(q) for q in self.paths()}]
-        if new:
-            self.add_recent([Path(p) for p in paths if Path(p).exists()])
-
-    def _add_files_dialog(self) -> None:
-        files, _ = QFileDialog.getOpenFileNames(
-            self, "Add checkpoints", "", "Checkpoints (*.pt);;All files (*)"
-        )
-        if files:
-            self.add(files)
-
-    def _add_folder_dialog(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Add every best.pt below a folder")
-        if folder:
-            self.add_folder(folder)
-
-    def add_folder(self, folder: str | Path) -> list[Path]:
-        """Add every ``best.pt`` below ``folder``; notify when there is none."""
-        from ..checkpoint import find_checkpoints
-
-        try:
-            found = find_checkpoints([folder])
-        except FcresError as exc:
-            notify_error(exc)
-            return []
-        self.add(found)
-        return found
-
-
-def _run_dir(path: Path) -> Path:
-    """The run folder of a member's checkpoint (else the file's folder)."""
-    from ..runs import run_dir_of
-
-    return run_dir_of(path)
-
-
-def _short_name(path: Path) -> str:
-    parts = path.parts[-3:]
-    return str(Path(*parts)) if len(path.parts) > 3 else str(path)
 
 
 class PredictWidget(QWidget):
@@ -901,8 +709,6 @@ class PredictWidget(QWidget):
 
     def _put_labels(self, job: PredictJobResult, image_layer: Any, geo: dict[str, Any]) -> str:
         from napari.layers import Labels
-
-        from .correct import apply_labels
 
         shape = tuple(layer_source(image_layer).shape)
         z = job.slice_index

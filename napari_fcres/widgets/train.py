@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 from qtpy.QtCore import QEvent, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QButtonGroup,
@@ -57,7 +56,6 @@ from ._common import (
     device_choices,
     is_lazy_layer,
     layer_data,
-    make_canvas,
     notify_info,
     notify_warning,
     prestart_worker_process,
@@ -65,8 +63,9 @@ from ._common import (
     report_error,
     scroll_body,
     start_job,
-    style_axes,
 )
+from ._layers import edit_events
+from ._plot import TrainingPlot
 
 if TYPE_CHECKING:
     import napari
@@ -188,7 +187,6 @@ class TrainWidget(QWidget):
         self._shown: TrainProgress | None = None
         self._ticking = False
         self._run_dir: Path | None = None
-        self._reset_plot_data()
         self._build()
         self._plot_timer = QTimer(self)
         self._plot_timer.setInterval(PLOT_INTERVAL_MS)
@@ -427,42 +425,10 @@ class TrainWidget(QWidget):
         self.status_label.setToolTip("State of the current or last run")
         root.addWidget(self.status_label)
 
-        self.canvas, self.figure, axes = make_canvas(
-            (4.0, 3.6), nrows=2, viewer=self.viewer
-        )
-        self.ax_loss, self.ax_dice = axes
-        self.canvas.mpl_connect("draw_event", self._on_canvas_draw)
-        self.canvas.mpl_connect("resize_event", self._relayout)
-        self.canvas.setToolTip(
-            "Training loss per step (top) and validation Dice per epoch (bottom)"
-        )
-        self._setup_axes()
-        root.addWidget(self.canvas, 1)
+        self.plot = TrainingPlot(self.viewer)
+        root.addWidget(self.plot.canvas, 1)
         self._on_preset_changed(self.preset_combo.currentText())
         self._on_arch_changed(self.arch_combo.currentText())
-
-    def _setup_axes(self, dice_loss: bool = True) -> None:
-        """Empty axes; the Dice loss (-Dice) gets its whole range [-1, 0] up front."""
-        self.ax_loss.cla()
-        self.ax_dice.cla()
-        self.ax_loss.set_title("training loss", fontsize=9)
-        self.ax_loss.set_xlabel("step", fontsize=8)
-        self.ax_dice.set_title("validation Dice", fontsize=9)
-        self.ax_dice.set_xlabel("epoch", fontsize=8)
-        for ax in (self.ax_loss, self.ax_dice):
-            ax.tick_params(labelsize=7)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        self.ax_loss.set_xlim(0, 10)
-        self.ax_loss.set_ylim(*((-1.02, 0.02) if dice_loss else (0.0, 1.0)))
-        self.ax_dice.set_xlim(0, 5)
-        self.ax_dice.set_ylim(0, 1.02)
-        style_axes(self.figure, [self.ax_loss, self.ax_dice], self.viewer)
-        self._loss_lines: dict[int, Any] = {}
-        self._dice_lines: dict[int, Any] = {}
-        self._add_lines(0)  # the first member's lines exist up front: no full redraw for them
-        self._loss_range: tuple[float, float] | None = (-1.0, 0.0) if dice_loss else None
-        self._background: Any = None
-        self.figure.set_layout_engine("constrained")
 
     # ------------------------------------------------------------------ state
     def is_running(self) -> bool:
@@ -534,12 +500,12 @@ class TrainWidget(QWidget):
     def _watch(self, layer: Any) -> None:
         """Recount after painting, undo / redo and data changes of the chosen layer."""
         old, self._watched = self._watched, layer
-        for ev in _edit_events(old):
+        for ev in edit_events(old):
             try:
                 ev.disconnect(self._schedule_recount)
             except (TypeError, ValueError, RuntimeError):
                 pass
-        for ev in _edit_events(layer):
+        for ev in edit_events(layer):
             ev.connect(self._schedule_recount)
 
     def _schedule_recount(self, *_: Any) -> None:
@@ -861,15 +827,9 @@ class TrainWidget(QWidget):
         # would deliver later reports re-entrantly; the GUI is refreshed by the timer (_tick).
         self._latest = p
         if p.kind == "step" and p.loss is not None:
-            xs, ys = self._loss.setdefault(p.member, ([], []))
-            xs.append(p.step)
-            ys.append(p.loss)
-            self._dirty = True
+            self.plot.add_step(p.member, p.step, p.loss)
         elif p.kind == "validation" and p.val_dice is not None:
-            xs, ys = self._dice.setdefault(p.member, ([], []))
-            xs.append(p.epoch)
-            ys.append(p.val_dice)
-            self._dirty = True
+            self.plot.add_validation(p.member, p.epoch, p.val_dice)
         self.progressed.emit(p)
 
     def _tick(self, force: bool = False) -> None:
@@ -967,122 +927,22 @@ class TrainWidget(QWidget):
         self._update_enabled()
 
     # ------------------------------------------------------------------ plot
+    canvas = property(lambda self: self.plot.canvas, doc="The plot's Qt canvas.")
+    figure = property(lambda self: self.plot.figure, doc="The plot's matplotlib figure.")
+    ax_loss = property(lambda self: self.plot.ax_loss, doc="Axes of the loss per step.")
+    ax_dice = property(lambda self: self.plot.ax_dice, doc="Axes of the validation Dice.")
+
     def _reset_plot_data(self) -> None:
-        self._loss: dict[int, tuple[list[int], list[float]]] = {}
-        self._dice: dict[int, tuple[list[int], list[float]]] = {}
-        self._dirty = False
+        self.plot.reset()
+
+    def _setup_axes(self, dice_loss: bool = True) -> None:
+        self.plot.setup_axes(dice_loss=dice_loss)
 
     def plot_data(self) -> dict[str, dict[int, tuple[list, list]]]:
         """The plotted series: ``{"loss": {member: (steps, losses)}, "dice": {...}}``."""
-        return {"loss": self._loss, "dice": self._dice}
-
-    def _on_canvas_draw(self, event: Any = None) -> None:
-        """After a full draw: keep the empty axes for blitting, then draw the lines."""
-        self._background = self.canvas.copy_from_bbox(self.figure.bbox)
-        for line in self._all_lines():
-            self.figure.draw_artist(line)
-        if self.figure.get_layout_engine() is not None:
-            # constrained layout doubles the cost of every draw: lay out once, then freeze
-            QTimer.singleShot(0, self._freeze_layout)
-
-    def _freeze_layout(self) -> None:
-        try:
-            self.figure.set_layout_engine("none")
-        except RuntimeError:  # the widget is gone
-            pass
-
-    def _relayout(self, event: Any = None) -> None:
-        """The canvas changed size: lay the axes out again at the next draw."""
-        self.figure.set_layout_engine("constrained")
-
-    def _all_lines(self) -> list[Any]:
-        return [*self._loss_lines.values(), *self._dice_lines.values()]
-
-    def _fit_limits(self) -> None:
-        """Axes that just hold the data (at the end of a run)."""
-        steps = max((xs[-1] for xs, _ in self._loss.values() if xs), default=0)
-        epochs = max((xs[-1] for xs, _ in self._dice.values() if xs), default=0)
-        self.ax_loss.set_xlim(0, max(steps, 1) * 1.03)
-        self.ax_dice.set_xlim(0, max(epochs, 1) + 0.5)
-        values = [y for _, ys in self._loss.values() for y in ys]
-        if values:
-            lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
-            pad = max(hi - lo, 1e-3) * 0.08
-            self.ax_loss.set_ylim(lo - pad, hi + pad)
-            self._loss_range = (lo, hi)
-
-    def _grow_limits(self) -> bool:
-        """Widen the axes when the data leaves them; True when they changed (full redraw).
-
-        Limits grow in big jumps so that nearly every update only blits the lines: a full
-        matplotlib draw costs tens of milliseconds on the GUI thread.
-        """
-        changed = False
-        steps = max((xs[-1] for xs, _ in self._loss.values() if xs), default=0)
-        if steps > self.ax_loss.get_xlim()[1]:
-            per_epoch = self._latest.steps_per_epoch if self._latest is not None else 0
-            self.ax_loss.set_xlim(0, max(10, int(2.5 * steps), 5 * per_epoch))
-            changed = True
-        epochs = max((xs[-1] for xs, _ in self._dice.values() if xs), default=0)
-        if epochs > self.ax_dice.get_xlim()[1]:
-            self.ax_dice.set_xlim(0, max(5, int(2.5 * epochs)))
-            changed = True
-        values = [y for _, ys in self._loss.values() for y in ys[-2000:]]
-        if values:
-            lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
-            cur_lo, cur_hi = self.ax_loss.get_ylim()
-            if self._loss_range is None or lo < cur_lo or hi > cur_hi:
-                # losses fall: leave room below
-                span = max(hi - lo, 1e-3)
-                self.ax_loss.set_ylim(min(lo - span, cur_lo) if self._loss_range else lo - span,
-                                      max(hi + 0.3 * span, cur_hi) if self._loss_range
-                                      else hi + 0.3 * span)
-                self._relayout()  # new y tick labels may need another margin
-                changed = True
-            self._loss_range = (lo, hi)
-        return changed
-
-    def _add_lines(self, member: int) -> None:
-        color = f"C{member % 10}"
-        (self._loss_lines[member],) = self.ax_loss.plot(
-            [], [], lw=0.8, color=color, label=f"member {member + 1}", animated=True
-        )
-        (self._dice_lines[member],) = self.ax_dice.plot(
-            [], [], "o-", ms=3, lw=1, color=color, animated=True
-        )
+        return self.plot.data()
 
     def _redraw(self, force: bool = False) -> None:
-        if not (self._dirty or force):
-            return
-        self._dirty = False
-        new_line = False
-        for member in sorted({*self._loss, *self._dice}):
-            if member not in self._loss_lines:
-                self._add_lines(member)
-                new_line = True
-            if member in self._loss:
-                self._loss_lines[member].set_data(*self._loss[member])
-            if member in self._dice:
-                self._dice_lines[member].set_data(*self._dice[member])
-        if new_line and len(self._loss_lines) > 1:
-            self.ax_loss.legend(fontsize=7)
-        if force and not self.is_running():
-            self._fit_limits()
-            self._relayout()
-        full = self._grow_limits() or new_line or force or self._background is None
-        if full or not self.canvas.isVisible():
-            self.canvas.draw()  # calls _on_canvas_draw
-            return
-        self.canvas.restore_region(self._background)
-        for line in self._all_lines():
-            self.figure.draw_artist(line)
-        self.canvas.blit(self.figure.bbox)
-
-
-def _edit_events(layer: Any) -> list[Any]:
-    """Events after which a labels layer's values may differ (paint, data, undo / redo)."""
-    if layer is None:
-        return []
-    ev = layer.events
-    return [getattr(ev, name) for name in ("paint", "data", "labels_update", "set_data")
-            if hasattr(ev, name)]
+        latest = self._latest
+        self.plot.redraw(force, running=self.is_running(),
+                         steps_per_epoch=latest.steps_per_epoch if latest is not None else 0)

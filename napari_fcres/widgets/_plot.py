@@ -1,0 +1,210 @@
+"""The Train widget's live plot: training loss per step and validation Dice per epoch.
+
+:class:`TrainingPlot` holds the data series of every ensemble member, sets up the two axes and
+redraws them cheaply: the lines are blitted onto a saved background, and the axes limits grow
+in big jumps so that a full (costly) matplotlib draw on the GUI thread is rare.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QTimer
+
+from ._common import make_canvas, style_axes
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainingPlot"]
+
+#: ``{member: (x values, y values)}``
+Series = dict[int, tuple[list[int], list[float]]]
+
+
+class TrainingPlot:
+    """Loss per step (top axes) and validation Dice per epoch (bottom axes), per member.
+
+    ``canvas`` is the Qt widget to lay out; :meth:`add_step` / :meth:`add_validation` record
+    reports, :meth:`redraw` shows what was recorded since the last call, :meth:`setup_axes`
+    empties the axes for a new run and :meth:`reset` forgets the data.
+    """
+
+    def __init__(self, viewer: Any | None = None, figsize: tuple[float, float] = (4.0, 3.6)
+                 ) -> None:
+        self.viewer = viewer
+        self.canvas, self.figure, axes = make_canvas(figsize, nrows=2, viewer=viewer)
+        self.ax_loss, self.ax_dice = axes
+        self.canvas.mpl_connect("draw_event", self._on_canvas_draw)
+        self.canvas.mpl_connect("resize_event", self._relayout)
+        self.canvas.setToolTip(
+            "Training loss per step (top) and validation Dice per epoch (bottom)"
+        )
+        self.reset()
+        self.setup_axes()
+
+    # ------------------------------------------------------------------ data
+    def reset(self) -> None:
+        """Forget every series (the axes keep their lines until :meth:`setup_axes`)."""
+        self._loss: Series = {}
+        self._dice: Series = {}
+        self._dirty = False
+
+    def data(self) -> dict[str, Series]:
+        """The plotted series: ``{"loss": {member: (steps, losses)}, "dice": {...}}``."""
+        return {"loss": self._loss, "dice": self._dice}
+
+    def add_step(self, member: int, step: int, loss: float) -> None:
+        """Record the training loss of ``member`` at ``step``."""
+        xs, ys = self._loss.setdefault(member, ([], []))
+        xs.append(step)
+        ys.append(loss)
+        self._dirty = True
+
+    def add_validation(self, member: int, epoch: int, dice: float) -> None:
+        """Record the validation Dice of ``member`` after ``epoch``."""
+        xs, ys = self._dice.setdefault(member, ([], []))
+        xs.append(epoch)
+        ys.append(dice)
+        self._dirty = True
+
+    # ------------------------------------------------------------------ axes
+    def setup_axes(self, dice_loss: bool = True) -> None:
+        """Empty axes; the Dice loss (-Dice) gets its whole range [-1, 0] up front."""
+        from matplotlib.ticker import MaxNLocator
+
+        self.ax_loss.cla()
+        self.ax_dice.cla()
+        self.ax_loss.set_title("training loss", fontsize=9)
+        self.ax_loss.set_xlabel("step", fontsize=8)
+        self.ax_dice.set_title("validation Dice", fontsize=9)
+        self.ax_dice.set_xlabel("epoch", fontsize=8)
+        for ax in (self.ax_loss, self.ax_dice):
+            ax.tick_params(labelsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        self.ax_loss.set_xlim(0, 10)
+        self.ax_loss.set_ylim(*((-1.02, 0.02) if dice_loss else (0.0, 1.0)))
+        self.ax_dice.set_xlim(0, 5)
+        self.ax_dice.set_ylim(0, 1.02)
+        if self.viewer is not None:
+            style_axes(self.figure, [self.ax_loss, self.ax_dice], self.viewer)
+        self._loss_lines: dict[int, Any] = {}
+        self._dice_lines: dict[int, Any] = {}
+        self._add_lines(0)  # the first member's lines exist up front: no full redraw for them
+        self._loss_range: tuple[float, float] | None = (-1.0, 0.0) if dice_loss else None
+        self._background: Any = None
+        self.figure.set_layout_engine("constrained")
+
+    def draw(self) -> None:
+        """A full draw of the canvas now."""
+        self.canvas.draw()
+
+    def _on_canvas_draw(self, event: Any = None) -> None:
+        """After a full draw: keep the empty axes for blitting, then draw the lines."""
+        self._background = self.canvas.copy_from_bbox(self.figure.bbox)
+        for line in self._all_lines():
+            self.figure.draw_artist(line)
+        if self.figure.get_layout_engine() is not None:
+            # constrained layout doubles the cost of every draw: lay out once, then freeze
+            QTimer.singleShot(0, self._freeze_layout)
+
+    def _freeze_layout(self) -> None:
+        try:
+            self.figure.set_layout_engine("none")
+        except RuntimeError:  # the widget is gone
+            pass
+
+    def _relayout(self, event: Any = None) -> None:
+        """The canvas changed size: lay the axes out again at the next draw."""
+        self.figure.set_layout_engine("constrained")
+
+    def _all_lines(self) -> list[Any]:
+        return [*self._loss_lines.values(), *self._dice_lines.values()]
+
+    def _fit_limits(self) -> None:
+        """Axes that just hold the data (at the end of a run)."""
+        steps = max((xs[-1] for xs, _ in self._loss.values() if xs), default=0)
+        epochs = max((xs[-1] for xs, _ in self._dice.values() if xs), default=0)
+        self.ax_loss.set_xlim(0, max(steps, 1) * 1.03)
+        self.ax_dice.set_xlim(0, max(epochs, 1) + 0.5)
+        values = [y for _, ys in self._loss.values() for y in ys]
+        if values:
+            lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+            pad = max(hi - lo, 1e-3) * 0.08
+            self.ax_loss.set_ylim(lo - pad, hi + pad)
+            self._loss_range = (lo, hi)
+
+    def _grow_limits(self, steps_per_epoch: int = 0) -> bool:
+        """Widen the axes when the data leaves them; True when they changed (full redraw).
+
+        Limits grow in big jumps so that nearly every update only blits the lines: a full
+        matplotlib draw costs tens of milliseconds on the GUI thread.
+        """
+        changed = False
+        steps = max((xs[-1] for xs, _ in self._loss.values() if xs), default=0)
+        if steps > self.ax_loss.get_xlim()[1]:
+            self.ax_loss.set_xlim(0, max(10, int(2.5 * steps), 5 * steps_per_epoch))
+            changed = True
+        epochs = max((xs[-1] for xs, _ in self._dice.values() if xs), default=0)
+        if epochs > self.ax_dice.get_xlim()[1]:
+            self.ax_dice.set_xlim(0, max(5, int(2.5 * epochs)))
+            changed = True
+        values = [y for _, ys in self._loss.values() for y in ys[-2000:]]
+        if values:
+            lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+            cur_lo, cur_hi = self.ax_loss.get_ylim()
+            if self._loss_range is None or lo < cur_lo or hi > cur_hi:
+                # losses fall: leave room below
+                span = max(hi - lo, 1e-3)
+                self.ax_loss.set_ylim(min(lo - span, cur_lo) if self._loss_range else lo - span,
+                                      max(hi + 0.3 * span, cur_hi) if self._loss_range
+                                      else hi + 0.3 * span)
+                self._relayout()  # new y tick labels may need another margin
+                changed = True
+            self._loss_range = (lo, hi)
+        return changed
+
+    def _add_lines(self, member: int) -> None:
+        color = f"C{member % 10}"
+        (self._loss_lines[member],) = self.ax_loss.plot(
+            [], [], lw=0.8, color=color, label=f"member {member + 1}", animated=True
+        )
+        (self._dice_lines[member],) = self.ax_dice.plot(
+            [], [], "o-", ms=3, lw=1, color=color, animated=True
+        )
+
+    # ------------------------------------------------------------------ redraw
+    def redraw(self, force: bool = False, *, running: bool = False,
+               steps_per_epoch: int = 0) -> None:
+        """Show the data recorded since the last redraw (``force``: redraw anyway).
+
+        A forced redraw of a finished run (``running`` False) fits the axes to the data;
+        ``steps_per_epoch`` lets the step axis grow by whole epochs.
+        """
+        if not (self._dirty or force):
+            return
+        self._dirty = False
+        new_line = False
+        for member in sorted({*self._loss, *self._dice}):
+            if member not in self._loss_lines:
+                self._add_lines(member)
+                new_line = True
+            if member in self._loss:
+                self._loss_lines[member].set_data(*self._loss[member])
+            if member in self._dice:
+                self._dice_lines[member].set_data(*self._dice[member])
+        if new_line and len(self._loss_lines) > 1:
+            self.ax_loss.legend(fontsize=7)
+        if force and not running:
+            self._fit_limits()
+            self._relayout()
+        full = (self._grow_limits(steps_per_epoch) or new_line or force
+                or self._background is None)
+        if full or not self.canvas.isVisible():
+            self.canvas.draw()  # calls _on_canvas_draw
+            return
+        self.canvas.restore_region(self._background)
+        for line in self._all_lines():
+            self.figure.draw_artist(line)
+        self.canvas.blit(self.figure.bbox)
