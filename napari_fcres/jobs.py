@@ -159,6 +159,14 @@ class InspectResult:
     #: computed in the worker so the GUI thread only draws them.
     histograms: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(
         default_factory=dict)
+    #: 0.5-99.5 percentile range of ``normalized`` (the layer's contrast limits)
+    contrast_limits: tuple[float, float] | None = None
+
+
+def robust_limits(values: np.ndarray) -> tuple[float, float]:
+    """The 0.5-99.5 percentile range of ``values`` (a unit range when it is flat or empty)."""
+    lo, hi = (float(v) for v in np.percentile(values, (0.5, 99.5))) if values.size else (0., 1.)
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
 #: Bins of the inspect histograms.
@@ -266,4 +274,4 @@ def inspect_job(
         for name, c in (("background", background), ("foreground", foreground))
     }
     return InspectResult(slices, normalized, probs, background, foreground, source, note, fits,
-                         class_histograms(background, foreground))
+                         class_histograms(background, foreground), robust_limits(normalized))

@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import FcresError, InputError, StoppedError
-from ..jobs import InspectResult, class_histograms, inspect_job
+from ..jobs import InspectResult, class_histograms, inspect_job, robust_limits
 from ..runs import BEST_NAME
 from ..worker_process import STOP
 from ._common import (
@@ -51,6 +51,11 @@ log = logging.getLogger(__name__)
 
 BACKGROUND_COLOR = "#e8743b"
 FOREGROUND_COLOR = "#3ba7e8"
+
+
+def _normal_pdf(x: np.ndarray, mu: float, sigma: float) -> np.ndarray:
+    """The normal density (numpy only: importing scipy.stats costs the GUI thread ~0.3 s)."""
+    return np.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * np.sqrt(2.0 * np.pi))
 
 
 def grid_of(viewer: Any) -> Any:
@@ -274,10 +279,7 @@ class InspectWidget(QWidget):
             data[...] = result.normalized[0]
         else:
             data[result.slices] = result.normalized
-        filled = result.normalized
-        lo, hi = np.percentile(filled, (0.5, 99.5)) if filled.size else (0.0, 1.0)
-        if not hi > lo:
-            hi = lo + 1.0
+        lo, hi = result.contrast_limits or robust_limits(result.normalized)  # job-computed
         if target is None:
             added = self.viewer.add_image(
                 data, name=name, colormap="gray", contrast_limits=(float(lo), float(hi)),
@@ -306,8 +308,6 @@ class InspectWidget(QWidget):
     # ------------------------------------------------------------------ plot
     def plot(self, result: InspectResult) -> None:
         """Fig. 6: histograms of background / foreground pixels with fitted normal curves."""
-        from scipy.stats import norm
-
         self._setup_axes()
         for ax, key in ((self.ax_raw, "raw"), (self.ax_norm, "normalized")):
             # histograms were binned in the worker: here one step artist each (a bar per bin
@@ -326,7 +326,7 @@ class InspectWidget(QWidget):
                           label=f"{short}\nμ={mu:.3g}\nσ={sigma:.3g}")
                 if sigma > 0:
                     xs = np.linspace(edges[0], edges[-1], 400)
-                    ax.plot(xs, norm.pdf(xs, mu, sigma), "--", color=color, lw=1.3)
+                    ax.plot(xs, _normal_pdf(xs, mu, sigma), "--", color=color, lw=1.3)
             ax.legend(fontsize=6, framealpha=0.5, loc="upper left", bbox_to_anchor=(1.01, 1.0),
                       borderaxespad=0.0)
         self.canvas.draw_idle()
