@@ -72,6 +72,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "WorkerFailed",
     "start_worker",
+    "StoppableProgress",
     "start_job",
     "prestart_worker_process",
     "process_workers_enabled",
@@ -474,6 +475,42 @@ def prestart_worker_process() -> None:
         prestart()
     except Exception as exc:  # noqa: BLE001 - only an optimisation
         log.debug("could not prestart a worker process: %s", exc)
+
+
+#: Steps of a :class:`StoppableProgress` bar (fractions are shown at this resolution).
+PROGRESS_STEPS = 1000
+
+
+class StoppableProgress:
+    """A cancelable napari progress bar (activity dock) whose Cancel stops the run."""
+
+    def __init__(self, desc: str, on_cancel: Callable[[], None]) -> None:
+        from napari.utils import cancelable_progress
+
+        outer = self
+
+        class _Bar(cancelable_progress):
+            def cancel(self) -> None:
+                super().cancel()
+                outer._on_cancel()
+
+        self._on_cancel = on_cancel
+        self._desc = desc
+        self.bar = _Bar(total=PROGRESS_STEPS, desc=desc)
+
+    def set_fraction(self, fraction: float) -> None:
+        """Advance to ``fraction`` (0-1) of the run; never moves back."""
+        target = int(round(min(max(fraction, 0.0), 1.0) * PROGRESS_STEPS))
+        if target > self.bar.n:
+            self.bar.update(target - self.bar.n)
+
+    def set_description(self, desc: str) -> None:
+        if desc != self._desc:  # every update makes napari's bar call processEvents()
+            self._desc = desc
+            self.bar.set_description(desc)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _log_warning(args: tuple) -> None:

@@ -44,6 +44,7 @@ from ..worker_process import REPORT, STOP
 from ._common import (
     LayerCombo,
     PathEdit,
+    StoppableProgress,
     WorkerFailed,
     current_slice,
     device_choices,
@@ -162,31 +163,6 @@ def _predict_zarr_job(
                     result.instances)
 
 
-class _Progress:
-    """A cancelable napari progress bar (activity dock) whose Cancel stops the run."""
-
-    def __init__(self, desc: str, on_cancel: Any) -> None:
-        from napari.utils import cancelable_progress
-
-        outer = self
-
-        class _Bar(cancelable_progress):
-            def cancel(self) -> None:
-                super().cancel()
-                outer._on_cancel()
-
-        self._on_cancel = on_cancel
-        self.bar = _Bar(total=PROGRESS_TOTAL, desc=desc)
-
-    def set(self, done: int, total: int) -> None:
-        target = int(PROGRESS_TOTAL * min(max(done / max(total, 1), 0.0), 1.0))
-        if target > self.bar.n:
-            self.bar.update(target - self.bar.n)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 class PredictWidget(QWidget):
     """Predict foreground probabilities and labels of an image layer.
 
@@ -206,7 +182,7 @@ class PredictWidget(QWidget):
         self.viewer = napari_viewer
         self._worker: Any = None
         self._stop_event = threading.Event()
-        self._progress: _Progress | None = None
+        self._progress: StoppableProgress | None = None
         self._relay: _ProgressRelay | None = None
         self._target: tuple[Any, int | None] | None = None
         self._zarr_out: Path | None = None
@@ -462,7 +438,7 @@ class PredictWidget(QWidget):
         self._zarr_out = out
         self.status_label.setText(desc + " ...")
         log.info("%s: %s%s", desc, ", ".join(paths), f" -> {out}" if out else "")
-        self._progress = _Progress(desc, self.stop)
+        self._progress = StoppableProgress(desc, self.stop)
         self._relay = _ProgressRelay()
         self._relay.progressed.connect(self._on_progress)
         callbacks: dict[str, Any] = {"on_error": self._on_error, "on_finished": self._on_finished}
@@ -494,7 +470,7 @@ class PredictWidget(QWidget):
 
     def _on_progress(self, done: int, total: int) -> None:
         if self._progress is not None:
-            self._progress.set(done, total)
+            self._progress.set_fraction(done / max(total, 1))
 
     def _on_error(self, exc: WorkerFailed) -> None:
         if isinstance(exc.original, StoppedError):

@@ -52,6 +52,7 @@ from ..worker_process import STOP, WorkerProcessDied, cpu_threads_for_worker
 from ._common import (
     LayerCombo,
     PathEdit,
+    StoppableProgress,
     WorkerFailed,
     device_choices,
     is_lazy_layer,
@@ -84,8 +85,6 @@ ARCHITECTURE_HELP = {
 
 #: Redraw the live plot at most this often (ms): drawing is the costly part on the GUI thread.
 PLOT_INTERVAL_MS = 400
-#: Resolution of the activity-dock progress bar.
-PROGRESS_TOTAL = 1000
 #: Recount the label values this long after the last paint stroke / undo (ms).
 RECOUNT_MS = 400
 #: The label-mode choices: (mode, text shown, tooltip).
@@ -123,37 +122,6 @@ def _worker_threads() -> int | None:
     return cpu_threads_for_worker()
 
 
-class _StoppableProgress:
-    """A cancelable napari progress bar whose Cancel button stops the run."""
-
-    def __init__(self, desc: str, on_cancel: Any) -> None:
-        from napari.utils import cancelable_progress
-
-        outer = self
-
-        class _Bar(cancelable_progress):
-            def cancel(self) -> None:
-                super().cancel()
-                outer._on_cancel()
-
-        self._on_cancel = on_cancel
-        self._desc = desc
-        self.bar = _Bar(total=PROGRESS_TOTAL, desc=desc)
-
-    def set_fraction(self, fraction: float) -> None:
-        target = int(round(min(max(fraction, 0.0), 1.0) * PROGRESS_TOTAL))
-        if target > self.bar.n:
-            self.bar.update(target - self.bar.n)
-
-    def set_description(self, desc: str) -> None:
-        if desc != self._desc:  # every update makes napari's bar call processEvents()
-            self._desc = desc
-            self.bar.set_description(desc)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 class TrainWidget(QWidget):
     """Train the pipeline (or a baseline) on an image layer and a labels layer.
 
@@ -178,7 +146,7 @@ class TrainWidget(QWidget):
         self.best_checkpoints: list[Path] = []
         self._worker: Any = None
         self._stop_event = threading.Event()
-        self._progress: _StoppableProgress | None = None
+        self._progress: StoppableProgress | None = None
         self._mode_user_set = False
         self._watched: Any = None
         self.summary: LabelSummary | None = None
@@ -787,7 +755,7 @@ class TrainWidget(QWidget):
         self._plot_dir = out
         self._run_dir = out
         desc = f"Training {cfg.model.preset} {cfg.model.architecture}"
-        self._progress = _StoppableProgress(desc, self.stop)
+        self._progress = StoppableProgress(desc, self.stop)
         verb = "Resuming" if resume else "Starting"
         self.status_label.setText(f"{verb} training into {out} ...")
         log.info("%s training into %s (labels: %s, %s; slices=%s)", verb.lower(), out,
