@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .training import TrainProgress
 
-#: Display names of the validation scores that can keep ``best.pt``.
+#: Display names of the validation scores that can keep the best checkpoint.
 SCORE_NAMES = {"dice": "Dice", "v_rand": "V_rand"}
 
 

@@ -117,7 +117,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # None: crops covering the training slices once
     max_minutes: float | None = None
     patience: int = 50  # early stopping on the validation score, in epochs
-    # which validation score keeps best.pt: "dice", "v_rand" (ISBI foreground-restricted
+    # which validation score keeps the best checkpoint: "dice", "v_rand" (ISBI foreground-restricted
     # Rand score, for membrane EM) or "auto" (v_rand for stacks of many touching cells)
     select_by: str = "auto"
     val_fraction: float = 0.2  # 24/6 for 30 slices

@@ -57,7 +57,7 @@ def train_job(
     from .training import train
 
     if resume:
-        init_checkpoint = None  # the run's last.pt files carry the weights
+        init_checkpoint = None  # the run's resumable saves carry the weights
     elif init_checkpoint:
         model = config_of(read_checkpoint(init_checkpoint)).model
         if cfg.train.freeze_fcresnet and model.architecture != "pipeline":

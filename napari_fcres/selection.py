@@ -1,4 +1,4 @@
-"""Which validation score keeps ``best.pt``: Dice, or V_rand for membrane EM.
+"""Which validation score keeps the best checkpoint: Dice, or V_rand for membrane EM.
 
 Thresholded Dice barely moves when a one-pixel gap opens in a membrane, but the
 gap merges two cells, which is what a connectomics user is judged on (V_rand,

@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import FcresError
-from ..runs import BEST_NAME
+from ..runs import BEST_NAME, LAST_NAME
 from ._common import checkpoint_registry, notify_error, recent_checkpoints
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,11 @@ class CheckpointList(QWidget):
         self.list.setMaximumHeight(110)
         self.list.itemChanged.connect(lambda *_: self.changed.emit())
         self.add_file_button = QPushButton("Add file...")
-        self.add_file_button.setToolTip("Add checkpoint files (best.pt / last.pt)")
+        self.add_file_button.setToolTip(f"Add checkpoint files ({BEST_NAME} / {LAST_NAME})")
         self.add_file_button.clicked.connect(self._add_files_dialog)
         self.add_folder_button = QPushButton("Add folder...")
         self.add_folder_button.setToolTip(
-            "Add every best.pt below a folder (e.g. a run folder holding an ensemble)"
+            f"Add every {BEST_NAME} below a folder (e.g. a run folder holding an ensemble)"
         )
         self.add_folder_button.clicked.connect(self._add_folder_dialog)
         self.remove_button = QPushButton("Remove")
@@ -157,12 +157,12 @@ class CheckpointList(QWidget):
             self.add(files)
 
     def _add_folder_dialog(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Add every best.pt below a folder")
+        folder = QFileDialog.getExistingDirectory(self, f"Add every {BEST_NAME} below a folder")
         if folder:
             self.add_folder(folder)
 
     def add_folder(self, folder: str | Path) -> list[Path]:
-        """Add every ``best.pt`` below ``folder``; notify when there is none."""
+        """Add every best checkpoint below ``folder``; notify when there is none."""
         from ..checkpoint import find_checkpoints
 
         try:

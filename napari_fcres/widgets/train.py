@@ -729,7 +729,7 @@ class TrainWidget(QWidget):
         if resume:
             if out is None:
                 raise InputError("choose the output folder of the run to resume")
-            stored_config(out)  # "nothing to resume in ..." when it holds no last.pt
+            stored_config(out)  # "nothing to resume in ..." when it holds no resumable save
         else:
             if out is None:
                 out = default_output_dir()
@@ -773,7 +773,7 @@ class TrainWidget(QWidget):
         self._update_enabled()
 
     def stop(self) -> None:
-        """End the run at the next step (best.pt and a resumable last.pt are kept)."""
+        """End the run at the next step (its best and resumable checkpoints are kept)."""
         if not self.is_running() or self._stop_event.is_set():
             return
         self._stop_event.set()
