@@ -386,7 +386,11 @@ def _in_process(
 
     job = ProcessJob(func, *args, threads=threads, **kwargs)
     jobs.append(job)
-    result = yield from job.stream(should_stop=None if stop_event is None else stop_event.is_set)
+    try:
+        result = yield from job.stream(
+            should_stop=None if stop_event is None else stop_event.is_set)
+    finally:
+        prestart_worker_process()  # the next job (e.g. predict after train) starts warm
     return result
 
 
