@@ -1,6 +1,6 @@
 """Render the README screenshots of the five napari-fcres dock widgets, with real results.
 
-Run from the repository root under Xvfb (about 4-6 minutes on 2 CPU cores)::
+Run from the repository root under Xvfb (about 7 minutes on 2 CPU cores)::
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py
 
@@ -338,8 +338,8 @@ def export_step(viewer: Any, docks: list[Any], names: dict, work: Path,
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(DOCS), help="folder of the PNGs (default: docs/)")
-    p.add_argument("--minutes", type=float, default=2.0,
-                   help="training budget of the whole ensemble in minutes (default 2)")
+    p.add_argument("--minutes", type=float, default=6.0,
+                   help="training budget of the whole ensemble in minutes (default 6)")
     p.add_argument("--ensemble", type=int, default=2, help="ensemble members (default 2)")
     p.add_argument("--threshold", type=float, default=0.6,
                    help="threshold set in the Correct widget (default 0.6)")
