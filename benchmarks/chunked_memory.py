@@ -77,9 +77,9 @@ def _make_inputs(root: Path, slices: int, size: int, preset: str) -> tuple[Path,
     from scipy import ndimage
 
     from napari_fcres.checkpoint import save_checkpoint
-    from napari_fcres.chunked import create_ome_zarr_image
     from napari_fcres.config import preset_config
     from napari_fcres.models import build_model
+    from napari_fcres.ome_zarr import create_ome_zarr_image
 
     root.mkdir(parents=True, exist_ok=True)
     model_path = root / "model.pt"

@@ -94,7 +94,8 @@ def main() -> None:
 
     from napari_fcres.widgets.inspect import InspectWidget
     from napari_fcres.widgets.predict import PredictWidget
-    from napari_fcres.widgets.train import TrainWidget, _worker_threads
+    from napari_fcres.widgets.train import TrainWidget
+    from napari_fcres.worker_process import cpu_threads_for_worker
 
     viewer = napari.Viewer(show=True)
     viewer.open_sample("napari-fcres", "synthetic_em")
@@ -143,7 +144,7 @@ def main() -> None:
     inspect_s = time.perf_counter() - t0
 
     print(f"cpu cores {os.cpu_count()}, jobs in a {args.worker}, worker torch threads "
-          f"{_worker_threads()}, preset {args.preset}, crop {args.crop}, {steps} training "
+          f"{cpu_threads_for_worker()}, preset {args.preset}, crop {args.crop}, {steps} training "
           f"steps in {args.seconds:.0f} s, stack {tuple(image_layer.data.shape)}")
     print(summary("idle viewer              ", idle))
     print(summary(f"training, first {args.startup_seconds:.0f} s      ", startup))

@@ -57,15 +57,10 @@ from .blocks import (
 )
 from .errors import InputError, StoppedError
 from .ome_zarr import (
-    NGFF_VERSIONS,
     create_ome_zarr_image,
     create_ome_zarr_labels,
     ngff_version_for,
-    ome_zarr_label_names,
-    read_ome_zarr,
     spatial_level,
-    write_ome_zarr_labels,
-    zarr_layer_data,
 )
 
 if TYPE_CHECKING:
@@ -82,21 +77,6 @@ __all__ = [
     "instance_labels_chunked",
     "open_source",
     "create_array",
-    # re-exported from napari_fcres.blocks and napari_fcres.ome_zarr
-    "DEFAULT_BLOCK_VOXELS",
-    "Block",
-    "plan_blocks",
-    "default_chunks",
-    "default_block_shape",
-    "NGFF_VERSIONS",
-    "read_ome_zarr",
-    "spatial_level",
-    "write_ome_zarr_labels",
-    "create_ome_zarr_labels",
-    "create_ome_zarr_image",
-    "zarr_layer_data",
-    "ngff_version_for",
-    "ome_zarr_label_names",
 ]
 
 log = logging.getLogger(__name__)

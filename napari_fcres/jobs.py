@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -88,13 +88,6 @@ class PredictJobResult:
     preview: int | None = None  # slice of a lazy image predicted on its own
 
 
-def load_models(paths: list[str], device: str, stop: StopFlag) -> list[Any]:
-    """The checkpoints' models (:func:`napari_fcres.runs.load_ensemble`), ``stop`` polled."""
-    from .runs import load_ensemble
-
-    return load_ensemble(paths, device, should_stop=stop.is_set)
-
-
 def predict_job(
     paths: list[str],
     image: np.ndarray,
@@ -111,8 +104,9 @@ def predict_job(
     """Load the checkpoints, predict ``image`` (or one slice of it), threshold."""
     from .inference import predict
     from .postprocess import labels_from_probabilities
+    from .runs import load_ensemble
 
-    models = load_models(paths, device, stop)
+    models = load_ensemble(paths, device, should_stop=stop.is_set)
     slices = None if slice_index is None else [slice_index]
     result = predict(
         models, image, tile_size=tile_size, overlap=min(64, tile_size // 4), tta=tta,
@@ -153,14 +147,13 @@ class InspectResult:
     background: ClassSamples
     foreground: ClassSamples
     source: str  # where the classes came from: "labels" or "prediction"
-    note: str = ""
-    fits: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    note: str
+    fits: dict[str, dict[str, tuple[float, float]]]
     #: ``{"raw" | "normalized": {"background" | "foreground": (density, bin_edges)}}``,
     #: computed in the worker so the GUI thread only draws them.
-    histograms: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(
-        default_factory=dict)
+    histograms: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
     #: 0.5-99.5 percentile range of ``normalized`` (the layer's contrast limits)
-    contrast_limits: tuple[float, float] | None = None
+    contrast_limits: tuple[float, float]
 
 
 def robust_limits(values: np.ndarray) -> tuple[float, float]:

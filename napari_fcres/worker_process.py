@@ -271,7 +271,6 @@ class ProcessJob:
         self._child = _take_child()
         self._child.jobs.send((func, list(args), kwargs, threads))
         self._child.jobs.close()
-        self._finished = False
 
     @property
     def pid(self) -> int | None:
@@ -327,7 +326,6 @@ class ProcessJob:
                     log.debug("worker process traceback:\n%s", text)
                     raise exc
         finally:
-            self._finished = True
             process.join(timeout=5)
             if process.is_alive():  # abandoned (generator closed) or stuck: do not leak it
                 self.stop()

@@ -17,21 +17,20 @@ zarr = pytest.importorskip("zarr")
 da = pytest.importorskip("dask.array")
 
 from napari_fcres._reader import get_reader  # noqa: E402
+from napari_fcres.blocks import default_block_shape, plan_blocks  # noqa: E402
 from napari_fcres.checkpoint import save_checkpoint  # noqa: E402
-from napari_fcres.chunked import (  # noqa: E402
-    create_ome_zarr_image,
-    default_block_shape,
-    plan_blocks,
-    predict_chunked,
-    read_ome_zarr,
-    write_ome_zarr_labels,
-)
+from napari_fcres.chunked import predict_chunked  # noqa: E402
 from napari_fcres.cli import main  # noqa: E402
 from napari_fcres.config import preset_config  # noqa: E402
 from napari_fcres.errors import InputError, StoppedError  # noqa: E402
 from napari_fcres.inference import predict  # noqa: E402
 from napari_fcres.io import read_image  # noqa: E402
 from napari_fcres.models import SegmentationModel, build_model  # noqa: E402
+from napari_fcres.ome_zarr import (  # noqa: E402
+    create_ome_zarr_image,
+    read_ome_zarr,
+    write_ome_zarr_labels,
+)
 from napari_fcres.postprocess import labels_from_probabilities  # noqa: E402
 
 TILE = dict(tile_size=64, overlap=16)

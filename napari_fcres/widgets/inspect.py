@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import FcresError, InputError, StoppedError
-from ..jobs import InspectResult, class_histograms, inspect_job, robust_limits
+from ..jobs import InspectResult, inspect_job
 from ..runs import BEST_NAME
 from ..worker_process import STOP
 from ._common import (
@@ -279,7 +279,7 @@ class InspectWidget(QWidget):
             data[...] = result.normalized[0]
         else:
             data[result.slices] = result.normalized
-        lo, hi = result.contrast_limits or robust_limits(result.normalized)  # job-computed
+        lo, hi = result.contrast_limits
         if target is None:
             added = self.viewer.add_image(
                 data, name=name, colormap="gray", contrast_limits=(float(lo), float(hi)),
@@ -312,8 +312,7 @@ class InspectWidget(QWidget):
         for ax, key in ((self.ax_raw, "raw"), (self.ax_norm, "normalized")):
             # histograms were binned in the worker: here one step artist each (a bar per bin
             # took ~0.4 s of the GUI thread)
-            histograms = result.histograms.get(key) or class_histograms(
-                result.background, result.foreground)[key]
+            histograms = result.histograms[key]
             for name, short, color in (
                 ("background", "bg", BACKGROUND_COLOR),
                 ("foreground", "fg", FOREGROUND_COLOR),

@@ -113,13 +113,6 @@ class _ProgressRelay(QObject):
     progressed = Signal(int, int)
 
 
-def _load_models(paths: list[str], device: str, stop: threading.Event) -> list[Any]:
-    """The checkpoints' models (:func:`napari_fcres.runs.load_ensemble`), ``stop`` polled."""
-    from ..runs import load_ensemble
-
-    return load_ensemble(paths, device, should_stop=stop.is_set)
-
-
 def _predict_zarr_job(
     paths: list[str],
     source: Any,
@@ -142,8 +135,9 @@ def _predict_zarr_job(
     Touches no layer.
     """
     from ..chunked import predict_zarr_labels
+    from ..runs import load_ensemble
 
-    models = _load_models(paths, device, stop)
+    models = load_ensemble(paths, device, should_stop=stop.is_set)
     share = 0.9 if mode == "instances" else 1.0
 
     def blocks_done(done: int, total: int) -> None:
@@ -559,7 +553,7 @@ class PredictWidget(QWidget):
 
     def _show_zarr(self, image_layer: Any, job: _ZarrJob) -> dict[str, str]:
         """Add the labels (and probabilities) read back lazily from the OME-Zarr output."""
-        from ..chunked import read_ome_zarr
+        from ..ome_zarr import read_ome_zarr
 
         geo = _geometry(image_layer)
         names = layer_names(image_layer.name)

@@ -117,11 +117,6 @@ def _rgb_error(name: str) -> InputError:
     )
 
 
-def _worker_threads() -> int | None:
-    """Torch threads for training: leave one core to the GUI on small machines."""
-    return cpu_threads_for_worker()
-
-
 class TrainWidget(QWidget):
     """Train the pipeline (or a baseline) on an image layer and a labels layer.
 
@@ -765,7 +760,7 @@ class TrainWidget(QWidget):
         self.status_label.setFixedHeight(self._status_height)
         self._worker = start_job(
             train_job, cfg, image, labels, out, resume, init_checkpoint, STOP,
-            stop_event=self._stop_event, threads=_worker_threads(),
+            stop_event=self._stop_event, threads=cpu_threads_for_worker(),
             on_yield=self._on_progress, on_done=self._on_done, on_error=self._on_error,
             on_finished=self._on_finished,
         )
