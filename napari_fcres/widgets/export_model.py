@@ -35,8 +35,8 @@ from ._common import (
     notify_info,
     report_error,
     scroll_body,
-    start_worker,
 )
+from ._job import WidgetJob
 from ._layers import label_name
 from ._pickers import CheckpointList
 
@@ -85,7 +85,7 @@ class ExportModelWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self._worker: Any = None
+        self.job = WidgetJob(self, "model export", on_state_changed=self._update_enabled)
         self._output_edited = False
         self._build()
         self._update_enabled()
@@ -166,7 +166,7 @@ class ExportModelWidget(QWidget):
     # ------------------------------------------------------------------ state
     def is_running(self) -> bool:
         """True while an export runs."""
-        return self._worker is not None
+        return self.job.running
 
     def _update_enabled(self, *_: Any) -> None:
         running = self.is_running()
@@ -208,7 +208,7 @@ class ExportModelWidget(QWidget):
     def export(self, out: str | Path | None = None) -> Any:
         """Start exporting the ticked checkpoints to ``out`` (default: the Package field)."""
         if self.is_running():
-            raise FcresError("an export is already running")
+            raise FcresError("a model export is already running")
         paths = [str(p) for p in self.checkpoint_list.checked()]
         if not paths:
             raise InputError("add and tick at least one checkpoint (Add file... / Add folder...)")
@@ -234,12 +234,11 @@ class ExportModelWidget(QWidget):
         what = f"an ensemble of {n} models" if n > 1 else "one model"
         self.status_label.setText(f"Exporting {what} to {out} ...")
         log.info("exporting %s to %s: %s", what, out, ", ".join(paths))
-        self._worker = start_worker(
-            _export_job, paths, out, **kwargs, progress={"desc": "Exporting model"},
-            on_done=self._on_done, on_error=self._on_error, on_finished=self._on_finished,
+        return self.job.start(
+            _export_job, paths, out, **kwargs, process=False,
+            progress_bar={"desc": "Exporting model"},
+            on_done=self._on_done, on_error=self._on_error,
         )
-        self._update_enabled()
-        return self._worker
 
     # ------------------------------------------------------------------ worker callbacks
     def _on_done(self, path: Path) -> None:
@@ -251,7 +250,3 @@ class ExportModelWidget(QWidget):
     def _on_error(self, exc: WorkerFailed) -> None:
         report_error(self.status_label, exc, "Model export failed")
         self.failed.emit(exc)
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        self._update_enabled()

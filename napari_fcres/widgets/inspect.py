@@ -8,11 +8,9 @@ foreground pixels at the input and after the pre-processor, with fitted normal c
 from __future__ import annotations
 
 import logging
-import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QButtonGroup,
     QComboBox,
@@ -24,7 +22,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import FcresError, InputError, StoppedError
+from ..errors import FcresError, InputError
 from ..jobs import InspectResult, inspect_job
 from ..runs import BEST_NAME
 from ..worker_process import STOP
@@ -38,9 +36,9 @@ from ._common import (
     prestart_worker_process,
     report_error,
     scroll_body,
-    start_job,
     style_axes,
 )
+from ._job import WidgetJob
 from ._layers import RESULT_KEY, layer_names
 from ._pickers import CheckpointCombo
 
@@ -72,9 +70,7 @@ class InspectWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.last_result: InspectResult | None = None
-        self._worker: Any = None
-        self._stop_event = threading.Event()
-        self.destroyed.connect(self._stop_event.set)
+        self.job = WidgetJob(self, "computation", on_state_changed=self._update_enabled)
         self._build()
         self._update_enabled()
         prestart_worker_process()
@@ -157,7 +153,7 @@ class InspectWidget(QWidget):
 
     # ------------------------------------------------------------------ state
     def is_running(self) -> bool:
-        return self._worker is not None
+        return self.job.running
 
     def _update_enabled(self, *_: Any) -> None:
         running = self.is_running()
@@ -168,14 +164,8 @@ class InspectWidget(QWidget):
             w.setEnabled(not running)
 
     def stop(self) -> None:
-        """Stop a running computation at the next tile batch."""
-        self._stop_event.set()
-
-    def event(self, event: QEvent) -> bool:
-        """Closing the dock (napari un-parents the widget) stops a running computation."""
-        if event.type() == QEvent.ParentChange and self.parent() is None and self.is_running():
-            self.stop()
-        return super().event(event)
+        """Stop a running computation at the next tile batch (closing the dock does too)."""
+        self.job.stop()
 
     # ------------------------------------------------------------------ compute
     def _on_show(self) -> None:
@@ -187,7 +177,7 @@ class InspectWidget(QWidget):
     def show_normalization(self, whole_stack: bool = False) -> None:
         """Start computing the pre-processor output (current slice or whole stack)."""
         if self.is_running():
-            raise FcresError("a computation is already running")
+            raise FcresError("a computation is already running; stop it first")
         layer = self.image_combo.layer()
         if layer is None:
             raise InputError("choose an image layer")
@@ -214,27 +204,19 @@ class InspectWidget(QWidget):
             slices = list(range(stack.shape[0]))
         else:
             slices = [current_slice(self.viewer, layer)] if image.ndim == 3 else [0]
-        self._stop_event.clear()
         self._image_layer = layer
         what = "the whole stack" if whole_stack and len(slices) > 1 else f"slice {slices[0]}"
         self.status_label.setText(f"Computing the pre-processor output of {what} ...")
-        self._worker = start_job(
+        self.job.start(
             inspect_job, checkpoint, stack, slices, labels,
-            str(self.device_combo.currentData() or "cpu"), STOP, stop_event=self._stop_event,
-            on_done=self._on_done, on_error=self._on_error, on_finished=self._on_finished,
+            str(self.device_combo.currentData() or "cpu"), STOP,
             progress_bar={"total": len(slices), "desc": "Inspecting the pre-processor"},
+            on_done=self._on_done, on_error=self._on_error,
+            on_stopped=lambda: self.status_label.setText("Stopped"),
         )
-        self._update_enabled()
 
     def _on_error(self, exc: WorkerFailed) -> None:
-        if isinstance(exc.original, StoppedError):
-            self.status_label.setText("Stopped")
-            return
         report_error(self.status_label, exc, "Inspect failed")
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        self._update_enabled()
 
     def _on_done(self, result: InspectResult) -> None:
         self.last_result = result

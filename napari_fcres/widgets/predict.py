@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QEvent, QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -37,14 +37,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import FcresError, InputError, StoppedError
+from ..errors import FcresError, InputError
 from ..io import layer_spacing
 from ..jobs import THRESHOLD, PredictJobResult, predict_job, preview_job
 from ..worker_process import REPORT, STOP
 from ._common import (
     LayerCombo,
     PathEdit,
-    StoppableProgress,
     WorkerFailed,
     current_slice,
     device_choices,
@@ -54,9 +53,8 @@ from ._common import (
     prestart_worker_process,
     report_error,
     scroll_body,
-    start_job,
-    start_worker,
 )
+from ._job import WidgetJob
 from ._layers import (
     METADATA_KEY,
     PREVIEW_SUFFIX,
@@ -174,15 +172,13 @@ class PredictWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self._worker: Any = None
-        self._stop_event = threading.Event()
-        self._progress: StoppableProgress | None = None
+        self.job = WidgetJob(self, "prediction", on_state_changed=self._update_enabled,
+                             on_stop_requested=self._on_stop_requested)
         self._relay: _ProgressRelay | None = None
         self._target: tuple[Any, int | None] | None = None
         self._zarr_out: Path | None = None
         self._build()
         prefer_source_image(self.image_combo, self.viewer)
-        self.destroyed.connect(self._stop_event.set)
         self._update_enabled()
         prestart_worker_process()
 
@@ -317,7 +313,7 @@ class PredictWidget(QWidget):
     # ------------------------------------------------------------------ state
     def is_running(self) -> bool:
         """True while a prediction runs."""
-        return self._worker is not None
+        return self.job.running
 
     def _update_enabled(self, *_: Any) -> None:
         running = self.is_running()
@@ -326,7 +322,7 @@ class PredictWidget(QWidget):
         )
         self.slice_button.setEnabled(ready)
         self.stack_button.setEnabled(ready)
-        self.stop_button.setEnabled(running and not self._stop_event.is_set())
+        self.stop_button.setEnabled(running and not self.job.stopping)
         for w in (self.image_combo, self.checkpoint_list, self.device_combo, self.tile_spin,
                   self.tta_check, self.mode_combo, self.zarr_edit, self.zarr_prob_check):
             w.setEnabled(not running)
@@ -355,28 +351,19 @@ class PredictWidget(QWidget):
         self._start(self._image_layer(), None)
 
     def stop(self) -> None:
-        """Stop the running prediction at its next batch of tiles."""
-        if not self.is_running() or self._stop_event.is_set():
-            return
-        self._stop_event.set()
-        self.status_label.setText("Stopping ...")
-        self._update_enabled()
+        """Stop the running prediction at its next batch of tiles.
 
-    def event(self, event: QEvent) -> bool:
-        """Closing the dock (napari un-parents the widget) stops a running prediction.
-
-        Its result is then dropped: nothing is written into the viewer after the dock closed.
+        Closing the dock stops it too; a stopped prediction's result is dropped: nothing is
+        written into the viewer after the dock closed.
         """
-        if (
-            event.type() == QEvent.ParentChange and self.parent() is None and self.is_running()
-        ):
-            log.info("Predict widget closed: stopping the prediction")
-            self.stop()
-        return super().event(event)
+        self.job.stop()
+
+    def _on_stop_requested(self) -> None:
+        self.status_label.setText("Stopping ...")
 
     def _dropped(self, what: str) -> bool:
         """True (and say so) when the run was stopped: its result must not be shown."""
-        if not self._stop_event.is_set():
+        if not self.job.stopping:
             return False
         text = f"Prediction stopped; {what}"
         self.status_label.setText(text)
@@ -427,64 +414,57 @@ class PredictWidget(QWidget):
             "tile_size": self.tile_spin.value(), "tta": self.tta_check.isChecked(),
             "mode": mode,
         }
-        self._stop_event.clear()
         self._target = (layer, slice_index)
         self._zarr_out = out
         self.status_label.setText(desc + " ...")
         log.info("%s: %s%s", desc, ", ".join(paths), f" -> {out}" if out else "")
-        self._progress = StoppableProgress(desc, self.stop)
         self._relay = _ProgressRelay()
         self._relay.progressed.connect(self._on_progress)
-        callbacks: dict[str, Any] = {"on_error": self._on_error, "on_finished": self._on_finished}
+        callbacks: dict[str, Any] = {
+            "progress_desc": desc, "on_error": self._on_error, "on_stopped": self._on_stopped,
+            "on_finished": self._on_finished,
+        }
         if out is not None:
-            self._worker = start_worker(
+            self.job.start(
                 _predict_zarr_job, paths, source, out, label_name(layer.name),
                 spacing=_spacing(layer), probabilities=self.zarr_prob_check.isChecked(),
-                stop=self._stop_event, relay=self._relay, on_done=self._on_zarr_done,
-                **common, **callbacks,
+                stop=self.job.stop_event, relay=self._relay, process=False,
+                on_done=self._on_zarr_done, **common, **callbacks,
             )
         elif lazy and slice_index is not None:
-            self._worker = start_job(
+            self.job.start(
                 preview_job, paths, source, slice_index, stop=STOP, progress=REPORT,
-                stop_event=self._stop_event, on_yield=self._on_reported, on_done=self._on_done,
-                **common, **callbacks,
+                on_yield=self._on_reported, on_done=self._on_done, **common, **callbacks,
             )
         else:
             image = np.asarray(source)  # an in-memory numpy array: no copy
-            self._worker = start_job(
+            self.job.start(
                 predict_job, paths, image, slice_index=slice_index, stop=STOP,
-                progress=REPORT, stop_event=self._stop_event, on_yield=self._on_reported,
-                on_done=self._on_done, **common, **callbacks,
+                progress=REPORT, on_yield=self._on_reported, on_done=self._on_done,
+                **common, **callbacks,
             )
-        self._update_enabled()
 
     # ------------------------------------------------------------------ worker callbacks
     def _on_reported(self, progress: tuple[int, int]) -> None:
         self._on_progress(*progress)
 
     def _on_progress(self, done: int, total: int) -> None:
-        if self._progress is not None:
-            self._progress.set_fraction(done / max(total, 1))
+        self.job.set_progress(done / max(total, 1))
+
+    def _on_stopped(self) -> None:
+        text = "Prediction stopped; nothing was changed"
+        if self._zarr_out is not None:
+            text = f"Prediction stopped; the OME-Zarr output {self._zarr_out} is incomplete"
+        self.status_label.setText(text)
+        notify_info("Prediction stopped")
+        self.stopped.emit()
 
     def _on_error(self, exc: WorkerFailed) -> None:
-        if isinstance(exc.original, StoppedError):
-            text = "Prediction stopped; nothing was changed"
-            if self._zarr_out is not None:
-                text = f"Prediction stopped; the OME-Zarr output {self._zarr_out} is incomplete"
-            self.status_label.setText(text)
-            notify_info("Prediction stopped")
-            self.stopped.emit()
-            return
         report_error(self.status_label, exc, "Prediction failed")
         self.failed.emit(exc)
 
     def _on_finished(self) -> None:
-        self._worker = None
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
         self._relay = None
-        self._update_enabled()
 
     def _on_done(self, job: PredictJobResult) -> None:
         if self._dropped("nothing was changed"):

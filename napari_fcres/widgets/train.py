@@ -1,20 +1,19 @@
 """Train / fine-tune dock widget: the pipeline of Drozdzal et al. on the layers in the viewer.
 
-Training runs :func:`napari_fcres.jobs.train_job` in a spawned worker process
-(:func:`~napari_fcres.widgets._common.start_job`); the GUI thread only copies the layer data,
-plots the progress and shows notifications.
+Training runs :func:`napari_fcres.jobs.train_job` in a spawned worker process (the widget's
+:class:`~napari_fcres.widgets._job.WidgetJob`); the GUI thread only copies the layer data, plots
+the progress and shows notifications.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QEvent, Qt, QTimer, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -52,7 +51,6 @@ from ..worker_process import STOP, WorkerProcessDied, cpu_threads_for_worker
 from ._common import (
     LayerCombo,
     PathEdit,
-    StoppableProgress,
     WorkerFailed,
     device_choices,
     is_lazy_layer,
@@ -63,8 +61,8 @@ from ._common import (
     remember_checkpoints,
     report_error,
     scroll_body,
-    start_job,
 )
+from ._job import WidgetJob
 from ._layers import edit_events
 from ._plot import TrainingPlot
 
@@ -139,9 +137,8 @@ class TrainWidget(QWidget):
         self.viewer = napari_viewer
         self.last_result: TrainResult | None = None
         self.best_checkpoints: list[Path] = []
-        self._worker: Any = None
-        self._stop_event = threading.Event()
-        self._progress: StoppableProgress | None = None
+        self.job = WidgetJob(self, "training", on_state_changed=self._update_enabled,
+                             on_stop_requested=self._on_stop_requested)
         self._mode_user_set = False
         self._watched: Any = None
         self.summary: LabelSummary | None = None
@@ -154,7 +151,6 @@ class TrainWidget(QWidget):
         self._plot_timer = QTimer(self)
         self._plot_timer.setInterval(PLOT_INTERVAL_MS)
         self._plot_timer.timeout.connect(self._tick)
-        self.destroyed.connect(self._stop_event.set)
         self._recount_timer = QTimer(self)
         self._recount_timer.setSingleShot(True)
         self._recount_timer.setInterval(RECOUNT_MS)
@@ -396,7 +392,7 @@ class TrainWidget(QWidget):
     # ------------------------------------------------------------------ state
     def is_running(self) -> bool:
         """True while a training worker runs."""
-        return self._worker is not None
+        return self.job.running
 
     def _update_enabled(self, *_: Any) -> None:
         running = self.is_running()
@@ -413,7 +409,7 @@ class TrainWidget(QWidget):
         self.preset_combo.setEnabled(not running and not finetune)
         self.arch_combo.setEnabled(not running and not finetune)
         self.start_button.setEnabled(not running)
-        self.stop_button.setEnabled(running and not self._stop_event.is_set())
+        self.stop_button.setEnabled(running and not self.job.stopping)
         out = Path(self.output_edit.path()) if self.output_edit.path() else None
         done = self.last_result
         finished_here = done is not None and not done.stopped and Path(done.out_dir) == out
@@ -741,7 +737,6 @@ class TrainWidget(QWidget):
         if init_checkpoint:
             init_checkpoint = str(Path(init_checkpoint).expanduser())
 
-        self._stop_event.clear()
         self._latest = self._shown = None
         if not (resume and self._plot_dir == out):
             self._reset_plot_data()
@@ -750,7 +745,6 @@ class TrainWidget(QWidget):
         self._plot_dir = out
         self._run_dir = out
         desc = f"Training {cfg.model.preset} {cfg.model.architecture}"
-        self._progress = StoppableProgress(desc, self.stop)
         verb = "Resuming" if resume else "Starting"
         self.status_label.setText(f"{verb} training into {out} ...")
         log.info("%s training into %s (labels: %s, %s; slices=%s)", verb.lower(), out,
@@ -758,31 +752,23 @@ class TrainWidget(QWidget):
         if summary.warnings:
             notify_warning("Training starts, but check the labels: " + " ".join(summary.warnings))
         self.status_label.setFixedHeight(self._status_height)
-        self._worker = start_job(
+        self._plot_timer.start()
+        self.job.start(
             train_job, cfg, image, labels, out, resume, init_checkpoint, STOP,
-            stop_event=self._stop_event, threads=cpu_threads_for_worker(),
+            threads=cpu_threads_for_worker(), progress_desc=desc,
             on_yield=self._on_progress, on_done=self._on_done, on_error=self._on_error,
             on_finished=self._on_finished,
         )
-        self._plot_timer.start()
-        self._update_enabled()
 
     def stop(self) -> None:
-        """End the run at the next step (its best and resumable checkpoints are kept)."""
-        if not self.is_running() or self._stop_event.is_set():
-            return
-        self._stop_event.set()
-        self.status_label.setText("Stopping at the next step ...")
-        self._update_enabled()
+        """End the run at the next step (its best and resumable checkpoints are kept).
 
-    def event(self, event: QEvent) -> bool:
-        """Closing the dock (napari un-parents the widget) stops a running training."""
-        if (
-            event.type() == QEvent.ParentChange and self.parent() is None and self.is_running()
-        ):
-            log.info("Train widget closed: stopping the run")
-            self.stop()
-        return super().event(event)
+        Closing the dock stops it too.
+        """
+        self.job.stop()
+
+    def _on_stop_requested(self) -> None:
+        self.status_label.setText("Stopping at the next step ...")
 
     # ------------------------------------------------------------------ worker callbacks
     def _on_progress(self, p: TrainProgress) -> None:
@@ -807,12 +793,11 @@ class TrainWidget(QWidget):
             ):
                 self._shown = p
                 self.status_label.setText(self._status_text(p))
-                if self._progress is not None:
-                    self._progress.set_fraction(p.fraction)
-                    self._progress.set_description(
-                        f"Training member {p.member + 1}/{p.n_members}, "
-                        f"epoch {min(p.epoch + 1, p.epochs)}/{p.epochs}"
-                    )
+                self.job.set_progress(
+                    p.fraction,
+                    f"Training member {p.member + 1}/{p.n_members}, "
+                    f"epoch {min(p.epoch + 1, p.epochs)}/{p.epochs}",
+                )
             self._redraw(force)
         finally:
             self._ticking = False
@@ -873,12 +858,8 @@ class TrainWidget(QWidget):
         return f"The run in {out} is resumable: press Resume to go on from its last save"
 
     def _on_finished(self) -> None:
-        self._worker = None
         self.status_label.setMaximumHeight(QWIDGETSIZE_MAX)  # whole messages between runs
         self._plot_timer.stop()
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
         self._redraw(force=True)
         result = self.last_result
         if (
@@ -887,7 +868,6 @@ class TrainWidget(QWidget):
         ):
             # a finished run has nothing to resume: the next Start gets a fresh default folder
             self._set_output(default_output_dir())
-        self._update_enabled()
 
     # ------------------------------------------------------------------ plot
     canvas = property(lambda self: self.plot.canvas, doc="The plot's Qt canvas.")

@@ -240,7 +240,7 @@ def test_killed_worker_process_leaves_napari_running_and_the_run_resumable(
     click(widget.start_button)
     run = tmp_path / "run"
     qtbot.waitUntil(lambda: bool(epochs_seen) and any(run.rglob("last.pt")), timeout=WAIT_MS)
-    job = widget._worker.process_jobs[0]
+    job = widget.job.worker.process_jobs[0]
     assert job.pid is not None
     with qtbot.waitSignal(widget.failed, timeout=WAIT_MS) as sig:
         job.kill()
