@@ -29,7 +29,8 @@ Public API (kept small on purpose):
 
 Layer names, metadata keys and undoable label writes shared by several widgets live in
 :mod:`._layers`, checkpoint pickers in :mod:`._pickers`, the Train widget's plot in
-:mod:`._plot`: widget modules never import each other.
+:mod:`._plot`, each widget's job controller (start, stop, progress, finished, error) in
+:mod:`._job`: widget modules never import each other.
 
 Threading rule: worker functions receive plain numpy arrays and settings only, never layers or
 the viewer; every callback (``on_yield``, ``on_done``, ``on_error``, ``on_finished``) runs on

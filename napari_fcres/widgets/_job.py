@@ -100,8 +100,7 @@ class WidgetJob(QObject):
         instead napari's own bar (``True`` or ``{"total": n, "desc": s}``).  A process job gets
         this job's stop flag as ``stop_event``; a thread job reads :attr:`stop_event` itself.
         """
-        if self.running:
-            raise FcresError(f"a {self.name} is already running; stop it first")
+        self.check_idle()
         self.stop_event.clear()
         if progress_desc is not None:
             self.progress = StoppableProgress(progress_desc, self.stop)
@@ -122,6 +121,11 @@ class WidgetJob(QObject):
             raise
         self._state_changed()
         return self.worker
+
+    def check_idle(self) -> None:
+        """Raise :class:`FcresError` while a job runs (widgets call it before touching state)."""
+        if self.running:
+            raise FcresError(f"a {self.name} is already active; stop it first")
 
     def stop(self) -> bool:
         """Ask the running job to stop at its next step; False when nothing is running or a

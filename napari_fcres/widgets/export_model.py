@@ -207,8 +207,7 @@ class ExportModelWidget(QWidget):
 
     def export(self, out: str | Path | None = None) -> Any:
         """Start exporting the ticked checkpoints to ``out`` (default: the Package field)."""
-        if self.is_running():
-            raise FcresError("a model export is already running")
+        self.job.check_idle()
         paths = [str(p) for p in self.checkpoint_list.checked()]
         if not paths:
             raise InputError("add and tick at least one checkpoint (Add file... / Add folder...)")

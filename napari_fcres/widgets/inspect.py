@@ -176,8 +176,7 @@ class InspectWidget(QWidget):
 
     def show_normalization(self, whole_stack: bool = False) -> None:
         """Start computing the pre-processor output (current slice or whole stack)."""
-        if self.is_running():
-            raise FcresError("a computation is already running; stop it first")
+        self.job.check_idle()
         layer = self.image_combo.layer()
         if layer is None:
             raise InputError("choose an image layer")

@@ -378,8 +378,7 @@ class PredictWidget(QWidget):
         return layer
 
     def _start(self, layer: Any, slice_index: int | None) -> None:
-        if self.is_running():
-            raise FcresError("a prediction is already running; stop it first")
+        self.job.check_idle()
         paths = [str(p) for p in self.checkpoint_list.checked()]
         if not paths:
             raise InputError("add and tick at least one checkpoint (Add file... / Add folder...)")

@@ -137,7 +137,7 @@ class TrainWidget(QWidget):
         self.viewer = napari_viewer
         self.last_result: TrainResult | None = None
         self.best_checkpoints: list[Path] = []
-        self.job = WidgetJob(self, "training", on_state_changed=self._update_enabled,
+        self.job = WidgetJob(self, "training run", on_state_changed=self._update_enabled,
                              on_stop_requested=self._on_stop_requested)
         self._mode_user_set = False
         self._watched: Any = None
@@ -636,8 +636,7 @@ class TrainWidget(QWidget):
         Raises :class:`FcresError` when a run is already active or the inputs cannot be used
         (e.g. labels without any background).
         """
-        if self.is_running():
-            raise FcresError("a training run is already active; stop it first")
+        self.job.check_idle()
         if init_checkpoint:
             self.finetune_radio.setChecked(True)
             self.checkpoint_edit.set_path(init_checkpoint)
@@ -667,8 +666,7 @@ class TrainWidget(QWidget):
         label_mode: str | None = None,
         labels_data: np.ndarray | None = None,
     ) -> None:
-        if self.is_running():
-            raise FcresError("a training run is already active; stop it first")
+        self.job.check_idle()
         if image_layer is None:
             raise InputError("choose an image layer to train on")
         if labels_layer is None:

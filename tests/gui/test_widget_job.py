@@ -54,7 +54,7 @@ def test_one_job_at_a_time_stop_is_cooperative_and_reaches_on_stopped(qtbot, wid
               on_error=rec.error, on_stopped=rec.stopped, on_finished=rec.finished)
     assert job.running and not job.stopping
     assert job.progress is not None  # the cancelable bar in the activity dock
-    with pytest.raises(FcresError, match="a computation is already running"):
+    with pytest.raises(FcresError, match="a computation is already active"):
         job.start(_until_stopped, job.stop_event, process=False)
 
     assert job.stop() is True
