@@ -141,6 +141,8 @@ class TrainConfig:
         for name in ("batch_size", "crop_size", "epochs", "ensemble", "val_every", "patience"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise InputError(f"warmup_steps must be 0 or more, got {self.warmup_steps}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 

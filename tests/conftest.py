@@ -6,6 +6,7 @@ GUI-only fixtures (viewer, layers, notifications) live in ``tests/gui/conftest.p
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,15 +29,31 @@ if TYPE_CHECKING:
 TINY_TRAIN: dict[str, Any] = {"epochs": 2, "crop_size": 32, "device": "cpu"}
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One torch thread for the test: tiny tensors run faster than on a busy multi-core pool."""
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch threads, then restore the previous count."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test: tiny tensors run faster than on a busy multi-core pool."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module() -> Iterator[None]:
+    """:func:`one_thread` for a whole module (with ``pytestmark = usefixtures(...)``)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -69,5 +86,26 @@ def tiny_checkpoint(tmp_path_factory, em_small, tiny_config) -> Path:
     """A tiny-preset pipeline trained for 2 epochs on the small stack (best.pt)."""
     from napari_fcres.training import run_training
 
-    result = run_training(tiny_config(), *em_small, tmp_path_factory.mktemp("tiny_run"))
+    with torch_threads(1):
+        result = run_training(tiny_config(), *em_small, tmp_path_factory.mktemp("tiny_run"))
     return result.best_checkpoints[0]
+
+
+@pytest.fixture(scope="session")
+def train_tiny(em_small, tiny_config) -> Callable[..., Path]:
+    """Factory: ``train_tiny(folder, epochs=8, seed=7)`` trains a tiny pipeline on the small
+    stack (one thread, lr 3e-3) and returns its best checkpoint."""
+    from napari_fcres.training import run_training
+
+    def make(folder: Path, **train: Any) -> Path:
+        with torch_threads(1):
+            result = run_training(tiny_config(**{"lr": 3e-3, **train}), *em_small, folder)
+        return result.best_checkpoints[0]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory, train_tiny) -> Path:
+    """A tiny model trained long enough (20 epochs, ~1 s) to find the cells of the small stack."""
+    return train_tiny(tmp_path_factory.mktemp("trained_run"), epochs=20, seed=0)

@@ -28,14 +28,7 @@ from napari_fcres.inference import predict
 from napari_fcres.sample_data import synthetic_em_stack
 from napari_fcres.training import run_training
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny tensors: one thread
 
 
 @pytest.fixture(scope="module")

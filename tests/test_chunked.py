@@ -33,6 +33,8 @@ from napari_fcres.ome_zarr import (  # noqa: E402
 )
 from napari_fcres.postprocess import labels_from_probabilities  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny tensors: one thread
+
 TILE = dict(tile_size=64, overlap=16)
 
 
@@ -56,15 +58,6 @@ def _model(seed: int = 0) -> SegmentationModel:
         last.weight.mul_(k)
         last.bias.mul_(k).sub_(float(logits.mean()) * k)
     return model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

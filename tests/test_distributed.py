@@ -23,9 +23,12 @@ from napari_fcres.io import write_image
 from napari_fcres.losses import dice_loss
 from napari_fcres.sample_data import synthetic_em_stack
 
-pytestmark = pytest.mark.skipif(
-    not torch.distributed.is_available(), reason="torch.distributed is not available"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not torch.distributed.is_available(), reason="torch.distributed is not available"
+    ),
+    pytest.mark.usefixtures("one_thread_module"),
+]
 
 WORLD = 2
 PER_RANK_BATCH = 2
@@ -91,15 +94,6 @@ class UnionSampler:
     def sample(self, batch_size: int):
         rows = [p.sample(batch_size // WORLD) for p in self.parts]
         return tuple(torch.cat(parts) for parts in zip(*rows))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from qtpy.QtWidgets import QAbstractButton, QComboBox, QLineEdit, QListWidget
 
 from napari_fcres.widgets.export_model import ExportModelWidget
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_thread")]  # tiny tensors
 
 WAIT_MS = 120_000
 
@@ -32,15 +32,6 @@ needs_bioimageio = pytest.mark.skipif(
     not _bioimageio_installed(),
     reason="bioimageio.spec/core are not installed (pip install napari-fcres[bioimageio])",
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is much faster on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_widget(viewer, checkpoints, out: Path) -> ExportModelWidget:

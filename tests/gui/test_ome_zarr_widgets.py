@@ -8,7 +8,6 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pytest
-import torch
 import zarr
 from qtpy.QtCore import Qt
 
@@ -21,20 +20,8 @@ WAIT_MS = 60_000
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, em_small) -> Path:
-    """A tiny model trained long enough (~1 s) to find the cells of the small stack."""
-    from napari_fcres.config import preset_config
-    from napari_fcres.training import replace_train, run_training
-
-    cfg = replace_train(preset_config("tiny"), epochs=20, crop_size=32, device="cpu",
-                        lr=3e-3, seed=0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model: more threads only contend on a busy machine
-    try:
-        return run_training(cfg, *em_small, tmp_path_factory.mktemp("zarr_run")
-                            ).best_checkpoints[0]
-    finally:
-        torch.set_num_threads(threads)
+def trained(trained_checkpoint) -> Path:
+    return trained_checkpoint
 
 
 def make_widget(viewer, checkpoint: Path) -> PredictWidget:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractButton,
@@ -25,30 +24,15 @@ WAIT_MS = 60_000
 IMAGE = "EM (synthetic)"
 
 
-def _train(folder: Path, em_small, *, epochs: int, seed: int) -> Path:
-    from napari_fcres.config import preset_config
-    from napari_fcres.training import replace_train, run_training
-
-    cfg = replace_train(preset_config("tiny"), epochs=epochs, crop_size=32, device="cpu",
-                        lr=3e-3, seed=seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model: more threads only contend on a busy machine
-    try:
-        return run_training(cfg, *em_small, folder).best_checkpoints[0]
-    finally:
-        torch.set_num_threads(threads)
+@pytest.fixture(scope="module")
+def trained(trained_checkpoint) -> Path:
+    return trained_checkpoint
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, em_small) -> Path:
-    """A tiny model trained long enough (~1 s) to find the cells of the small stack."""
-    return _train(tmp_path_factory.mktemp("trained"), em_small, epochs=20, seed=0)
-
-
-@pytest.fixture(scope="module")
-def second(tmp_path_factory, em_small) -> Path:
+def second(tmp_path_factory, train_tiny) -> Path:
     """Another tiny model (other seed, fewer epochs): the second member of an ensemble."""
-    return _train(tmp_path_factory.mktemp("second"), em_small, epochs=8, seed=7)
+    return train_tiny(tmp_path_factory.mktemp("second"), epochs=8, seed=7)
 
 
 def make_widget(viewer, checkpoints) -> PredictWidget:
