@@ -35,6 +35,22 @@ class UNetConfig:
     out_kernel: int = 3  # Table I ends with a 3x3 conv; the plain UNet baseline uses 1
     merge_kernel: int = 3  # linear conv after repeat + merge: 3 (symmetric) or 2 (Table I)
     input_norm: str = "batch"  # learned input standardization as first layer: batch|instance|none
+    # normalization after every 3x3 conv: "none" (Table I; the pre-processor) or "batch" (the
+    # plain UNet baseline, whose logits otherwise blow up to all-foreground under RMSprop)
+    block_norm: str = "none"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("input_norm", ("none", "batch", "instance")),
+                              ("block_norm", ("none", "batch"))):
+            if getattr(self, name) not in allowed:
+                raise InputError(
+                    f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}"
+                )
+
+
+def plain_unet(base: int, depth: int = 4) -> UNetConfig:
+    """The plain UNet baseline: 1x1 logits, batch normalization after every 3x3 conv."""
+    return UNetConfig(base=base, depth=depth, out_kernel=1, block_norm="batch")
 
 
 @dataclass
@@ -62,7 +78,7 @@ class ModelConfig:
     norm_stats: str = "image"
     preprocessor: UNetConfig = field(default_factory=UNetConfig)
     fcresnet: FCResNetConfig = field(default_factory=FCResNetConfig)
-    unet: UNetConfig = field(default_factory=lambda: UNetConfig(base=16, depth=4, out_kernel=1))
+    unet: UNetConfig = field(default_factory=lambda: plain_unet(base=16))
 
 
 def same_network(a: ModelConfig, b: ModelConfig) -> bool:
@@ -278,7 +294,7 @@ def _cpu() -> ModelConfig:
             stem_width=16, simple_width=16, stage_widths=(32, 64, 128), stage_blocks=(1, 2, 2),
             across_width=128, across_blocks=1,
         ),
-        unet=UNetConfig(base=16, depth=4, out_kernel=1),
+        unet=plain_unet(base=16),
     )
 
 
@@ -290,7 +306,7 @@ def _small() -> ModelConfig:
             stem_width=16, simple_width=16, stage_widths=(64, 128, 256), stage_blocks=(2, 3, 4),
             across_width=512, across_blocks=2,
         ),
-        unet=UNetConfig(base=32, depth=4, out_kernel=1),
+        unet=plain_unet(base=32),
     )
 
 
@@ -302,7 +318,7 @@ def _tiny() -> ModelConfig:
             stem_width=8, simple_width=8, stage_widths=(16,), stage_blocks=(1,),
             across_width=32, across_blocks=1,
         ),
-        unet=UNetConfig(base=4, depth=2, out_kernel=1),
+        unet=plain_unet(base=4, depth=2),
     )
 
 

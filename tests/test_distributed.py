@@ -35,7 +35,7 @@ PER_RANK_BATCH = 2
 
 
 def _config(steps: int, epochs: int, batch_size: int) -> Config:
-    # ``unet`` without its input batch norm has no batch norm at all, so DDP on CPU (no
+    # ``unet`` without its batch norms (input and blocks) has none at all, so DDP on CPU (no
     # SyncBatchNorm) equals one process on the union batch.  PyTorch's default init: with
     # He init the allreduce's float rounding (a sum of two half-batches, not one batch)
     # is amplified within a few RMSprop steps (measured: uninterrupted DDP and the
@@ -43,7 +43,8 @@ def _config(steps: int, epochs: int, batch_size: int) -> Config:
     # rounding, not the loss reduction, the crop streams or the resume.  The other pre-fix
     # settings likewise (2x2 merges, coupled decay, no warm-up): this tests DDP, not the recipe.
     cfg = preset_config("tiny", architecture="unet")
-    unet = dataclasses.replace(cfg.model.unet, input_norm="none", merge_kernel=2)
+    unet = dataclasses.replace(cfg.model.unet, input_norm="none", block_norm="none",
+                               merge_kernel=2)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, unet=unet, init="torch"))
     return dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, epochs=epochs, steps_per_epoch=steps, crop_size=32, batch_size=batch_size,

@@ -57,8 +57,10 @@ def test_legacy_config_rebuilds_the_old_network():
     for key in ("preprocessor", "unet"):
         del old["model"][key]["merge_kernel"], old["model"][key]["input_norm"]
     del old["train"]["weight_decay_mode"], old["train"]["select_by"], old["train"]["warmup_steps"]
+    del old["model"]["unet"]["block_norm"]
     cfg = Config.from_dict(old)
     assert cfg.model.init == "torch"
+    assert cfg.model.unet.block_norm == "none"  # plain UNets saved before had no batch norm
     assert cfg.model.preprocessor.merge_kernel == 2
     assert cfg.model.preprocessor.input_norm == "none"
     assert cfg.train.weight_decay_mode == "coupled"
@@ -76,6 +78,8 @@ def test_new_defaults():
     assert cfg.model.preprocessor.merge_kernel == 3
     assert cfg.train.weight_decay_mode == "decoupled"
     assert cfg.train.select_by == "auto"
+    assert cfg.model.unet.block_norm == "batch"
+    assert cfg.model.preprocessor.block_norm == "none"  # Table I
 
 
 def _one_step(mode: str) -> tuple[float, float]:

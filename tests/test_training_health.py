@@ -49,10 +49,13 @@ def _deepest_grad(model: torch.nn.Module) -> float:
 
 
 def _train_briefly(preset: str, architecture: str, stack, tmp_path, steps: int = STEPS,
-                   init: str | None = None, **train_changes):
+                   init: str | None = None, unet_block_norm: str | None = None,
+                   **train_changes):
     cfg = preset_config(preset, architecture)
     if init is not None:
         cfg.model = dataclasses.replace(cfg.model, init=init)
+    if unet_block_norm is not None:
+        cfg.model.unet = dataclasses.replace(cfg.model.unet, block_norm=unet_block_norm)
     cfg.train = dataclasses.replace(
         cfg.train, crop_size=64, batch_size=2, epochs=1, steps_per_epoch=steps,
         device="cpu", **train_changes,
@@ -69,7 +72,7 @@ def _train_briefly(preset: str, architecture: str, stack, tmp_path, steps: int =
             if p.step >= steps:
                 break
     gen.close()
-    return before, _conv_rms(runner.model), deepest
+    return before, _conv_rms(runner.model), deepest, runner.model
 
 
 # the paper-size model is checked in test_paper_preset_gradients_reach_the_deepest_level
@@ -79,7 +82,7 @@ CASES = [(p, a) for a in ("pipeline", "unet") for p in PRESETS if p != "paper"]
 @pytest.mark.parametrize(("preset", "architecture"), CASES)
 def test_no_convolution_collapses(preset, architecture, stack, tmp_path):
     torch.manual_seed(0)
-    before, after, deepest = _train_briefly(preset, architecture, stack, tmp_path)
+    before, after, deepest, _ = _train_briefly(preset, architecture, stack, tmp_path)
     collapsed = {n: (before[n], after[n]) for n in before if after[n] < 0.1 * before[n]}
     assert not collapsed, f"weights collapsed (initial RMS, final RMS): {collapsed}"
     # gradients reach the deepest level: its gradient RMS relative to the output layer's
@@ -107,7 +110,31 @@ def test_paper_preset_gradients_reach_the_deepest_level(architecture):
 def test_old_recipe_collapses(stack, tmp_path):
     """Guard the guard: PyTorch's default init with the coupled decay does collapse."""
     torch.manual_seed(0)
-    before, after, _ = _train_briefly("cpu", "unet", stack, tmp_path, 60, init="torch",
-                                      weight_decay_mode="coupled", warmup_steps=0)
+    before, after, _, _ = _train_briefly("cpu", "unet", stack, tmp_path, 60, init="torch",
+                                      unet_block_norm="none", weight_decay_mode="coupled",
+                                      warmup_steps=0)
     collapsed = [n for n in before if after[n] < 0.1 * before[n]]
     assert collapsed, "expected the old recipe to collapse some deep convolution"
+
+
+def _saturated_fraction(model: torch.nn.Module, stack) -> float:
+    """Share of pixels whose probability is above 0.99 or below 0.01 (training statistics)."""
+    image, _ = stack
+    x = torch.from_numpy(image[:2, None, :64, :64].astype("float32"))
+    with torch.no_grad():
+        p = torch.sigmoid(model.train()(x))
+    return float(((p > 0.99) | (p < 0.01)).float().mean())
+
+
+@pytest.mark.parametrize("block_norm", ["batch", "none"])
+def test_plain_unet_logits_stay_in_range(block_norm, stack, tmp_path):
+    """Without normalization the plain UNet's first RMSprop steps blow its logits up
+    (ISBI: +6.5 everywhere by step 3, +150 by step 57, all-foreground for good); with a
+    batch normalization after each convolution (the default) they stay in range."""
+    torch.manual_seed(0)
+    *_, model = _train_briefly("cpu", "unet", stack, tmp_path, unet_block_norm=block_norm)
+    saturated = _saturated_fraction(model, stack)
+    if block_norm == "batch":
+        assert saturated < 0.5, f"{saturated:.0%} of the pixels saturated"
+    else:  # guard the guard
+        assert saturated > 0.5, f"only {saturated:.0%} of the pixels saturated"

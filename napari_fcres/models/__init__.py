@@ -149,7 +149,7 @@ class PlainUNet(SegmentationModel):
 
 def _unet(u: UNetConfig) -> UNet:
     return UNet(u.base, u.depth, out_kernel=u.out_kernel, merge_kernel=u.merge_kernel,
-                input_norm=u.input_norm)
+                input_norm=u.input_norm, block_norm=u.block_norm)
 
 
 def build_model(cfg: ModelConfig) -> SegmentationModel:

@@ -9,16 +9,21 @@ from torch.nn import functional as F
 from .norm import ImageBatchNorm2d
 
 INPUT_NORMS = ("none", "batch", "instance")
+BLOCK_NORMS = ("none", "batch")
 
 
-def _double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
-    """Two 3x3 convolutions, each followed by ReLU (Table I "conv 3x3, repeat 2")."""
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(out_ch, out_ch, 3, padding=1),
-        nn.ReLU(inplace=True),
-    )
+def _double_conv(in_ch: int, out_ch: int, block_norm: str = "none") -> nn.Sequential:
+    """Two 3x3 convolutions, each followed by ReLU (Table I "conv 3x3, repeat 2").
+
+    ``block_norm="batch"`` puts a batch normalization between each convolution and its ReLU.
+    """
+    layers: list[nn.Module] = []
+    for cin in (in_ch, out_ch):
+        layers.append(nn.Conv2d(cin, out_ch, 3, padding=1))
+        if block_norm == "batch":
+            layers.append(ImageBatchNorm2d(out_ch))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
 
 
 def _merge_conv(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
@@ -69,34 +74,40 @@ class UNet(nn.Module):
     linear ``merge_kernel`` convolution (2x2 in Table I), two 3x3 conv + ReLU.
     The last layer is a convolution to one channel with no activation (3x3 for
     the pre-processor, 1x1 logits for the plain UNet baseline).  ``input_norm``
-    ("batch" or "instance") puts :class:`InputNorm` in front.  Inputs must have sides
+    ("batch" or "instance") puts :class:`InputNorm` in front.  ``block_norm="batch"``
+    normalizes after every 3x3 convolution (the plain UNet baseline: Table I has no
+    normalization, which the pre-processor can do without because the FC-ResNet's batch
+    normalizations follow it, but a UNet alone under RMSprop blows its logits up to
+    all-foreground within a few steps).  Inputs must have sides
     divisible by ``2**depth``; :class:`~napari_fcres.models.SegmentationModel`
     pads for it.
     """
 
     def __init__(
         self, base: int = 16, depth: int = 4, out_kernel: int = 3, merge_kernel: int = 2,
-        input_norm: str = "none",
+        input_norm: str = "none", block_norm: str = "none",
     ) -> None:
         super().__init__()
         if input_norm not in INPUT_NORMS:
             raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
+        if block_norm not in BLOCK_NORMS:
+            raise ValueError(f"block_norm must be one of {BLOCK_NORMS}, got {block_norm!r}")
         widths = [base * 2**i for i in range(depth + 1)]
         self.depth = depth
         self.input_norm = InputNorm(input_norm) if input_norm != "none" else None
         self.down = nn.ModuleList()
         in_ch = 1
         for w in widths[:-1]:
-            self.down.append(_double_conv(in_ch, w))
+            self.down.append(_double_conv(in_ch, w, block_norm))
             in_ch = w
         self.pool = nn.MaxPool2d(2)
-        self.across = _double_conv(widths[-2], widths[-1])
+        self.across = _double_conv(widths[-2], widths[-1], block_norm)
         self.merge_convs = nn.ModuleList()
         self.up = nn.ModuleList()
         for level in reversed(range(depth)):
             below, here = widths[level + 1], widths[level]
             self.merge_convs.append(_merge_conv(below + here, here, merge_kernel))
-            self.up.append(_double_conv(here, here))
+            self.up.append(_double_conv(here, here, block_norm))
         self.out = nn.Conv2d(widths[0], 1, out_kernel, padding=out_kernel // 2)
 
     @property
