@@ -19,11 +19,6 @@ pytestmark = pytest.mark.gui
 WAIT_MS = 60_000
 
 
-@pytest.fixture(scope="module")
-def trained(trained_checkpoint) -> Path:
-    return trained_checkpoint
-
-
 def make_widget(viewer, checkpoint: Path) -> PredictWidget:
     widget = PredictWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Predict")
@@ -67,9 +62,10 @@ def assert_image_label(store: Path, name: str, spacing: tuple[float, ...]) -> No
 
 
 @pytest.fixture
-def in_memory_labels(viewer, qtbot, em_small, trained) -> tuple[PredictWidget, np.ndarray]:
+def in_memory_labels(viewer, qtbot, em_small,
+                     trained_checkpoint) -> tuple[PredictWidget, np.ndarray]:
     """The widget, and the instance labels it predicts for the in-memory small stack."""
-    widget = make_widget(viewer, trained)
+    widget = make_widget(viewer, trained_checkpoint)
     layer = viewer.add_image(em_small[0], name="mem", scale=(2.0, 0.5, 0.5))
     assert widget.zarr_output(layer) is None  # in memory unless a path is set
     info = predict(qtbot, widget, layer)

@@ -25,11 +25,6 @@ IMAGE = "EM (synthetic)"
 
 
 @pytest.fixture(scope="module")
-def trained(trained_checkpoint) -> Path:
-    return trained_checkpoint
-
-
-@pytest.fixture(scope="module")
 def second(tmp_path_factory, train_tiny) -> Path:
     """Another tiny model (other seed, fewer epochs): the second member of an ensemble."""
     return train_tiny(tmp_path_factory.mktemp("second"), epochs=8, seed=7)
@@ -60,8 +55,8 @@ def assert_usable(widget: PredictWidget) -> None:
     assert not widget.stop_button.isEnabled()
 
 
-def test_every_control_has_a_tooltip(viewer, em_layers, trained):
-    widget = make_widget(viewer, [trained])
+def test_every_control_has_a_tooltip(viewer, em_layers, trained_checkpoint):
+    widget = make_widget(viewer, [trained_checkpoint])
     kinds = (QAbstractButton, QComboBox, QAbstractSpinBox, QListWidget)
     controls = [w for w in widget.findChildren(kinds) if w.parent() is not None]
     assert len(controls) >= 9
@@ -70,11 +65,11 @@ def test_every_control_has_a_tooltip(viewer, em_layers, trained):
     assert not missing
 
 
-def test_predict_stack_adds_layers(viewer, qtbot, em_layers, trained):
+def test_predict_stack_adds_layers(viewer, qtbot, em_layers, trained_checkpoint):
     img, _ = em_layers
     img.scale = (2.0, 0.5, 0.5)
     img.translate = (0.0, 3.0, 4.0)
-    widget = make_widget(viewer, [trained])
+    widget = make_widget(viewer, [trained_checkpoint])
     assert widget.image_combo.layer().name == IMAGE
     with qtbot.waitSignal(widget.finished, timeout=WAIT_MS) as blocker:
         click(qtbot, widget.stack_button)
@@ -102,7 +97,7 @@ def test_predict_stack_adds_layers(viewer, qtbot, em_layers, trained):
     assert labels.data.max() > 4
     assert names["disagreement"] not in viewer.layers
     meta = labels.metadata["fcres"]
-    assert meta["checkpoints"] == [str(trained)]
+    assert meta["checkpoints"] == [str(trained_checkpoint)]
     np.testing.assert_array_equal(meta["reference"], labels.data)
 
     # binary mode, predicted again: the labels layer is updated in place, undoably
@@ -118,9 +113,9 @@ def test_predict_stack_adds_layers(viewer, qtbot, em_layers, trained):
     assert set(np.unique(labels.data)) <= {0, 1}
 
 
-def test_predict_current_slice(viewer, qtbot, em_layers, trained):
+def test_predict_current_slice(viewer, qtbot, em_layers, trained_checkpoint):
     img, _ = em_layers
-    widget = make_widget(viewer, [trained])
+    widget = make_widget(viewer, [trained_checkpoint])
     viewer.dims.set_current_step(0, 2)
     click(qtbot, widget.slice_button)
     wait_done(qtbot, widget)
@@ -157,9 +152,9 @@ def test_predict_current_slice(viewer, qtbot, em_layers, trained):
     np.testing.assert_array_equal(labels.metadata["fcres"]["reference"][2], after[2])
 
 
-def test_prediction_never_overwrites_corrections(viewer, qtbot, em_layers, trained,
+def test_prediction_never_overwrites_corrections(viewer, qtbot, em_layers, trained_checkpoint,
                                                  notifications):
-    widget = make_widget(viewer, [trained])
+    widget = make_widget(viewer, [trained_checkpoint])
     click(qtbot, widget.stack_button)
     wait_done(qtbot, widget)
     names = layer_names(IMAGE)
@@ -174,7 +169,8 @@ def test_prediction_never_overwrites_corrections(viewer, qtbot, em_layers, train
     wait_done(qtbot, widget)
     np.testing.assert_array_equal(labels.data, corrected)
     assert "fcres_result" not in labels.metadata  # no prediction targets it any more
-    assert labels.metadata["fcres"]["checkpoints"] == [str(trained)]  # Export still knows
+    # Export still knows
+    assert labels.metadata["fcres"]["checkpoints"] == [str(trained_checkpoint)]
     new = viewer.layers[sig.args[0]["layers"]["labels"]]
     assert new.name != labels.name and new.metadata["fcres_result"]["kind"] == "labels"
     assert new.data[1].any() and not new.data[[0, 2, 3]].any()
@@ -190,14 +186,14 @@ def test_prediction_never_overwrites_corrections(viewer, qtbot, em_layers, train
                 == "labels"]) == 1
 
 
-def test_closing_the_dock_stops_and_drops_the_prediction(viewer, qtbot, em_layers, trained,
-                                                         monkeypatch):
+def test_closing_the_dock_stops_and_drops_the_prediction(viewer, qtbot, em_layers,
+                                                         trained_checkpoint, monkeypatch):
     import threading
     import time
 
     import napari_fcres.widgets.predict as predict_module
 
-    widget = make_widget(viewer, [trained])
+    widget = make_widget(viewer, [trained_checkpoint])
     click(qtbot, widget.stack_button)
     wait_done(qtbot, widget)
     labels = viewer.layers[layer_names(IMAGE)["labels"]]
@@ -226,10 +222,10 @@ def test_closing_the_dock_stops_and_drops_the_prediction(viewer, qtbot, em_layer
     assert "stopped" in widget.status_label.text()
 
 
-def test_ensemble_adds_disagreement(viewer, qtbot, em_layers, trained, second):
+def test_ensemble_adds_disagreement(viewer, qtbot, em_layers, trained_checkpoint, second):
     img, _ = em_layers
-    widget = make_widget(viewer, [trained, second])
-    assert widget.checkpoint_list.checked() == [trained, second]
+    widget = make_widget(viewer, [trained_checkpoint, second])
+    assert widget.checkpoint_list.checked() == [trained_checkpoint, second]
     widget.tta_check.setChecked(True)
     click(qtbot, widget.stack_button)
     wait_done(qtbot, widget)
@@ -240,13 +236,13 @@ def test_ensemble_adds_disagreement(viewer, qtbot, em_layers, trained, second):
     assert spread.colormap.name == "inferno"
     np.testing.assert_allclose(spread.scale, img.scale)
     meta = viewer.layers[names["labels"]].metadata["fcres"]
-    assert meta["checkpoints"] == [str(trained), str(second)]
+    assert meta["checkpoints"] == [str(trained_checkpoint), str(second)]
 
 
-def test_stop_during_stack_prediction(viewer, qtbot, trained, notifications):
+def test_stop_during_stack_prediction(viewer, qtbot, trained_checkpoint, notifications):
     rng = np.random.default_rng(0)
     viewer.add_image(rng.integers(0, 255, (24, 256, 256), dtype=np.uint8), name="big")
-    widget = make_widget(viewer, [trained])
+    widget = make_widget(viewer, [trained_checkpoint])
     widget.tta_check.setChecked(True)
     with qtbot.waitSignal(widget.stopped, timeout=WAIT_MS):
         click(qtbot, widget.stack_button)
@@ -277,27 +273,27 @@ def test_bad_checkpoint_is_reported(viewer, qtbot, em_layers, tmp_path, notifica
     assert f"{IMAGE} probability" not in viewer.layers
 
 
-def test_checkpoint_list_follows_training(viewer, qtbot, em_layers, trained, second):
+def test_checkpoint_list_follows_training(viewer, qtbot, em_layers, trained_checkpoint, second):
     remember_checkpoints([second])
     widget = PredictWidget(viewer)
     assert widget.checkpoint_list.checked() == [second]
-    remember_checkpoints([trained])  # a newer run: ticked, the older one unticked
-    assert widget.checkpoint_list.checked() == [trained]
-    assert set(widget.checkpoint_list.paths()) == {trained, second}
+    remember_checkpoints([trained_checkpoint])  # a newer run: ticked, the older one unticked
+    assert widget.checkpoint_list.checked() == [trained_checkpoint]
+    assert set(widget.checkpoint_list.paths()) == {trained_checkpoint, second}
     widget.checkpoint_list.list.item(0).setSelected(True)
     click(qtbot, widget.checkpoint_list.remove_button)
     assert widget.checkpoint_list.paths() == [second]
     assert not widget.stack_button.isEnabled()  # nothing ticked
-    found = widget.checkpoint_list.add_folder(trained.parent.parent)
-    assert found == [trained]
+    found = widget.checkpoint_list.add_folder(trained_checkpoint.parent.parent)
+    assert found == [trained_checkpoint]
     assert widget.stack_button.isEnabled()
     widget.deleteLater()
 
 
-def test_predict_2d_image(viewer, qtbot, em_small, trained):
+def test_predict_2d_image(viewer, qtbot, em_small, trained_checkpoint):
     image = em_small[0][1]
     layer = viewer.add_image(image, name="plane", scale=(0.5, 0.5))
-    widget = make_widget(viewer, [trained])
+    widget = make_widget(viewer, [trained_checkpoint])
     widget.image_combo.set_layer(layer)
     click(qtbot, widget.slice_button)  # a 2-D image: the whole image
     wait_done(qtbot, widget)
@@ -314,10 +310,10 @@ def test_opened_after_a_prediction_picks_the_source_image(viewer, em_layers):
     widget.deleteLater()
 
 
-def test_a_users_layer_with_the_same_name_is_kept(viewer, qtbot, em_layers, trained):
+def test_a_users_layer_with_the_same_name_is_kept(viewer, qtbot, em_layers, trained_checkpoint):
     img, _ = em_layers
     mine = viewer.add_labels(np.ones((2, 8, 8), np.uint8), name=f"{IMAGE} labels")
-    widget = make_widget(viewer, [trained])
+    widget = make_widget(viewer, [trained_checkpoint])
     widget.image_combo.set_layer(img)
     for _ in range(2):
         click(qtbot, widget.stack_button)
