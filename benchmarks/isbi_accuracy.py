@@ -20,7 +20,8 @@ Methods:
 * ``smoothed-raw``: the floor, smoothed raw intensity used as the probability.
 
 Folds: ``main`` trains on slices 0-19 and tests 20-29; ``3fold`` holds out 0-9, 10-19
-and 20-29 in turn (``fold0``, ``fold1``, ``fold2``).  ``--jobs`` trainings run side by
+and 20-29 in turn (``fold0``, ``fold1``, ``fold2``; ``--folds fold1`` runs that one
+alone).  ``--jobs`` trainings run side by
 side as subprocesses, each with one thread (``torch.set_num_threads(1)``,
 ``OMP_NUM_THREADS=1``, ``n_jobs=1``), so each method gets one core for the same time.
 
@@ -120,6 +121,8 @@ def make_folds(n: int, which: str) -> dict[str, tuple[list[int], list[int]]]:
     for k in range(3):
         test = list(range(bounds[k], bounds[k + 1]))
         folds[f"fold{k}"] = ([i for i in range(n) if i not in test], test)
+    if which in folds:  # one fold of the three
+        return {which: folds[which]}
     return folds
 
 
@@ -483,8 +486,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--budget-minutes", type=float, default=10.0,
                    help="wall-clock training budget per method (an ensemble shares it)")
-    p.add_argument("--folds", choices=("main", "3fold"), default="main",
-                   help="main: train 0-19 / test 20-29; 3fold: hold out 0-9, 10-19, 20-29")
+    p.add_argument("--folds", choices=("main", "3fold", "fold0", "fold1", "fold2"),
+                   default="main",
+                   help="main: train 0-19 / test 20-29; 3fold: hold out 0-9, 10-19, 20-29; "
+                        "foldK: only the K-th of those three")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                    metavar="METHOD", help=f"subset of: {', '.join(METHODS)}")
     p.add_argument("--ensemble", type=int, default=3, help="members of ours-ensemble")

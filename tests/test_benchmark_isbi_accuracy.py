@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -43,6 +44,20 @@ def test_help() -> None:
     for option in ("--budget-minutes", "--folds", "--methods", "--ensemble", "--jobs",
                    "--quick", "--torch-em-python", "--device", "--out", "--plot"):
         assert option in done.stdout
+
+
+def test_folds_cover_the_stack_and_one_fold_runs_alone() -> None:
+    spec = importlib.util.spec_from_file_location("isbi_accuracy_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    assert module.make_folds(30, "main") == {"main": (list(range(20)), list(range(20, 30)))}
+    three = module.make_folds(30, "3fold")
+    assert sorted(i for _, test in three.values() for i in test) == list(range(30))
+    for name, (train, test) in three.items():
+        assert not set(train) & set(test)
+        assert module.make_folds(30, name) == {name: (train, test)}
+    assert module.make_folds(30, "fold1")["fold1"][1] == list(range(10, 20))
 
 
 def test_quick_outputs(quick_run: Path) -> None:
