@@ -5,9 +5,12 @@ GUI-only fixtures (viewer, layers, notifications) live in ``tests/gui/conftest.p
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +27,26 @@ except Exception:  # noqa: BLE001 - only an ordering precaution
 
 if TYPE_CHECKING:
     from napari_fcres.config import Config
+
+BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def load_benchmark() -> Callable[[str], ModuleType]:
+    """``load_benchmark("speed")`` imports ``benchmarks/speed.py`` (not a package).
+
+    The module is registered under its file stem, the name under which the scripts import
+    each other (they put their folder on ``sys.path``), so pickled functions resolve to it.
+    """
+    def load(stem: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(stem, BENCHMARKS_DIR / f"{stem}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[stem] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
 
 #: training settings of :func:`tiny_config`: a few small CPU steps
 TINY_TRAIN: dict[str, Any] = {"epochs": 2, "crop_size": 32, "device": "cpu"}

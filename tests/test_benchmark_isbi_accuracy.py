@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -46,11 +45,8 @@ def test_help() -> None:
         assert option in done.stdout
 
 
-def test_folds_cover_the_stack_and_one_fold_runs_alone() -> None:
-    spec = importlib.util.spec_from_file_location("isbi_accuracy_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+def test_folds_cover_the_stack_and_one_fold_runs_alone(load_benchmark) -> None:
+    module = load_benchmark("isbi_accuracy")
     assert module.make_folds(30, "main") == {"main": (list(range(20)), list(range(20, 30)))}
     three = module.make_folds(30, "3fold")
     assert sorted(i for _, test in three.values() for i in test) == list(range(30))

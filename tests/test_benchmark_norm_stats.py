@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "norm_stats.py"
 
 
-def test_quick_reports_every_mode_and_tiling(tmp_path):
-    spec = importlib.util.spec_from_file_location("norm_stats_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+def test_quick_reports_every_mode_and_tiling(tmp_path, load_benchmark):
+    module = load_benchmark("norm_stats")
     out = tmp_path / "norm_stats.json"
     assert module.main(["--quick", "--threads", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())

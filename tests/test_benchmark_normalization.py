@@ -6,7 +6,6 @@ ISBI 2012 data the quick mode falls back to the synthetic sample stack.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -24,16 +23,8 @@ CHILD_ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUTF8": "1"}
 TEXT = {"text": True, "encoding": "utf-8", "errors": "replace", "env": CHILD_ENV}
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location("normalization_claims", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_storage_forms_and_shifts_keep_shape_and_dtype() -> None:
-    nc = _load_module()
+def test_storage_forms_and_shifts_keep_shape_and_dtype(load_benchmark) -> None:
+    nc = load_benchmark("normalization_claims")
     x = np.random.default_rng(0).integers(0, 256, size=(2, 16, 16), dtype=np.uint8)
     assert nc.to_storage(x, "uint16").dtype == np.uint16
     assert int(nc.to_storage(x, "uint16").max()) == int(x.max()) * 257

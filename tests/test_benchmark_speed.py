@@ -5,7 +5,6 @@ Only the outputs' presence and layout are checked, never the numbers.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,14 +24,6 @@ CHILD_ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUTF8": "1"}
 TEXT = {"text": True, "encoding": "utf-8", "errors": "replace", "env": CHILD_ENV}
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location("speed_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _history_checkpoint(path: Path, timed: bool) -> Path:
     dice = [0.5, 0.91, 0.935, 0.94]
     history = [
@@ -48,8 +39,8 @@ def _history_checkpoint(path: Path, timed: bool) -> Path:
     })
 
 
-def test_time_to_dice_reads_history(tmp_path: Path) -> None:
-    speed = _load_module()
+def test_time_to_dice_reads_history(tmp_path: Path, load_benchmark) -> None:
+    speed = load_benchmark("speed")
     timed = speed.time_to_dice(_history_checkpoint(tmp_path / "a" / "last.pt", True))[0]
     assert timed["reached"]["0.90"]["seconds"] == 120.0
     assert timed["reached"]["0.93"]["epoch"] == 3
@@ -94,8 +85,8 @@ def test_quick_all_writes_results(tmp_path: Path) -> None:
             assert key in row, key
 
 
-def test_memory_rows_merge_by_size() -> None:
-    speed = _load_module()
+def test_memory_rows_merge_by_size(load_benchmark) -> None:
+    speed = load_benchmark("speed")
     settings = {"preset": "tiny", "tile": 512}
 
     def row(size: int, extra: float) -> dict:
