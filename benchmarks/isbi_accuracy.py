@@ -184,7 +184,7 @@ def _worker_fcres(spec: dict[str, Any], data: dict[str, np.ndarray]) -> dict[str
         device=spec["device"], loss="dice" if method == "ours-dice" else spec["loss"],
     )
     if spec["quick"]:
-        changes.update(crop_size=64, batch_size=2, patience=1000)
+        changes.update(crop_size=64, batch_size=2, patience_steps=1000)
     cfg = replace_train(cfg, **changes)
     last: dict[int, TrainProgress] = {}
 

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     raw = dotted_overrides(args.set)
     raw.setdefault("train", {})
     raw["train"].update({"epochs": args.epochs, "device": "cpu", "seed": args.seed})
-    raw["train"].setdefault("patience", 10**6)
+    raw["train"].setdefault("patience_steps", 0)
     raw.setdefault("data", {})["foreground_value"] = fg
     cfg = load_config(overrides=raw, preset=args.preset)
     data = prepare_data(image[train_idx], labels[train_idx], cfg)

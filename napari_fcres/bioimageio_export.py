@@ -239,7 +239,8 @@ def _readme(name: str, description: str, members: list[dict], divisor: int, ckpt
         *(["* Every batch-norm layer normalizes by the statistics of each input image "
             "(napari-fcres' `norm_stats: image`): feed whole images, or tiles as large as "
             "memory allows; smaller tiles give slightly different results."]
-          if any(m.get("norm_stats") == "image" for m in members) else []),
+          if any(m.get("norm_stats") in ("image", "auto", "volume") for m in members)
+          else []),
         "",
         "## Models", "",
     ]

@@ -126,6 +126,10 @@ class _BlockSettings:
     tta: bool
     device: str
     threshold: float
+    # evenly spaced slices of the whole volume (raw dtype) standing for it when choosing
+    # and measuring batch-norm statistics ("auto" / "volume" models), so every block is
+    # normalized as the whole volume would be
+    reference: np.ndarray | None = None
 
 
 def _to_output(probs: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -141,6 +145,26 @@ def _to_output(probs: np.ndarray, dtype: np.dtype) -> np.ndarray:
     )
 
 
+#: slices of a larger-than-memory volume read to stand for it (batch-norm statistics)
+REFERENCE_SLICES = 8
+
+
+def _reference_slices(src: Any, axis: int, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Up to :data:`REFERENCE_SLICES` evenly spaced whole slices along ``axis`` (Z, H, W)."""
+    if len(shape) != 3:
+        return None
+    ax = axis % 3
+    picks = np.unique(np.linspace(0, shape[ax] - 1, min(shape[ax], REFERENCE_SLICES))
+                      .round().astype(int))
+    out = []
+    for z in picks:
+        index: list[Any] = [slice(None)] * 3
+        index[ax] = int(z)
+        part = src[tuple(index)]
+        out.append(np.asarray(part.compute() if hasattr(part, "compute") else part))
+    return np.stack(out)
+
+
 def _predict_block(
     models: list[SegmentationModel], raw: np.ndarray, crop: tuple[slice, ...],
     settings: _BlockSettings, should_stop: Callable[[], bool] | None = None,
@@ -152,7 +176,7 @@ def _predict_block(
     probs = predict(
         models, raw, axis=axis, tile_size=settings.tile_size, overlap=settings.overlap,
         batch_size=settings.batch_size, tta=settings.tta, device=settings.device,
-        should_stop=should_stop,
+        should_stop=should_stop, norm_reference=settings.reference,
     ).probabilities
     return probs[crop]
 
@@ -249,7 +273,8 @@ def predict_chunked(
         if arr is not None:
             check_aligned(block_shape, arr, shape)
     blocks = plan_blocks(shape, block_shape, axis=axis, halo=halo, divisor=divisor)
-    settings = _BlockSettings(axis, tile_size, overlap, batch_size, tta, str(device), threshold)
+    settings = _BlockSettings(axis, tile_size, overlap, batch_size, tta, str(device), threshold,
+                              _reference_slices(src, axis, shape))
     log.info(
         "chunked prediction of %s %s in %d block(s) of %s, halo %d, %d model(s)%s",
         shape, np.dtype(src.dtype), len(blocks), tuple(block_shape), halo, len(model_list),

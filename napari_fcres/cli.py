@@ -14,7 +14,15 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .config import ARCHITECTURES, PRESET_HELP, PRESETS, SELECT_BY, Config, config_from_mapping
+from .config import (
+    ARCHITECTURES,
+    PRESET_HELP,
+    PRESETS,
+    SELECT_BY,
+    VAL_SPLITS,
+    Config,
+    config_from_mapping,
+)
 from .errors import FcresError, InputError
 
 log = logging.getLogger("napari_fcres")
@@ -567,13 +575,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float)
     s.add_argument("--loss", choices=["dice", "bce_dice"])
     s.add_argument("--steps-per-epoch", type=int)
-    s.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    s.add_argument("--patience", type=int, dest="patience_steps",
+                   help="early stopping: optimisation steps without a better validation "
+                        "score (default 1000; 0 never stops early)")
     s.add_argument("--select-by", choices=list(SELECT_BY),
                    help=f"validation score that keeps {BEST_NAME}: dice, v_rand (membrane EM), or "
                         "auto (default: v_rand when the labels are many cells separated by "
                         "boundaries, else dice)")
-    s.add_argument("--val-every", type=int, help="validate every N epochs")
-    s.add_argument("--val-fraction", type=float, help="fraction of slices for validation")
+    s.add_argument("--val-every", type=int, dest="val_every_steps",
+                   help="validate every N optimisation steps (default 20)")
+    s.add_argument("--val-fraction", type=float,
+                   help="share held out for validation: of the slices, or of every slice "
+                        "with --val-split regions (default 0.2)")
+    s.add_argument("--val-split", choices=list(VAL_SPLITS),
+                   help="hold out whole slices, or a band of every annotated slice "
+                        "(regions); auto (default): regions when fewer than 8 slices are "
+                        "annotated, so every painted slice also trains")
     s.add_argument("--slices", help="train on these slices only, e.g. 0-19")
     s.add_argument("--axis", type=int, help="slicing axis of a 3D stack (default 0)")
     s.add_argument("--foreground-value", type=int, help="label value of the foreground")

@@ -38,8 +38,8 @@ def time_left(p: TrainProgress, max_minutes: float | None) -> tuple[float, str] 
     """
     after = max(0, p.n_members - p.member - 1)  # members still to train after this one
     options: list[tuple[float, str]] = []
-    total_steps = p.epochs * p.steps_per_epoch
-    if p.step > 0 and p.elapsed > 0:
+    total_steps = p.epochs * p.steps_per_epoch  # 0: no epoch limit (the time budget ends it)
+    if total_steps and p.step > 0 and p.elapsed > 0:
         rate = p.elapsed / p.step
         options.append((rate * (max(0, total_steps - p.step) + after * total_steps),
                         "epoch limit"))
@@ -56,19 +56,17 @@ def describe(p: TrainProgress, max_minutes: float | None = None) -> str:
     parts: list[str] = []
     if p.n_members > 1:
         parts.append(f"member {p.member + 1}/{p.n_members}")
-    in_epoch = p.step - p.epoch * p.steps_per_epoch
-    if p.kind == "step" and 1 <= in_epoch <= p.steps_per_epoch:
-        parts.append(f"epoch {min(p.epoch + 1, p.epochs)}/{p.epochs} "
-                     f"step {in_epoch}/{p.steps_per_epoch}")
-    elif p.kind == "validation":
-        parts.append(f"epoch {p.epoch}/{p.epochs} validated")
+    of = f"/{p.epochs}" if p.epochs else ""
+    if p.kind == "validation":
+        parts.append(f"step {p.step} validated")
     else:
-        parts.append(f"epoch {p.epoch}/{p.epochs} step {p.step}")
+        parts.append(f"epoch {min(p.epoch + 1, p.epochs) if p.epochs else p.epoch + 1}{of} "
+                     f"step {p.step}")
     if p.loss is not None:
         parts.append(f"loss {p.loss:.4f}")
     if p.best_val_dice is not None:
         best = f"best val {score_name(p)} {p.best_val_dice:.4f}"
-        parts.append(best + (f" (epoch {p.best_epoch})" if p.best_epoch else ""))
+        parts.append(best + (f" (step {p.best_step})" if p.best_step else ""))
     parts.append(f"{format_duration(p.elapsed)} elapsed")
     left = time_left(p, max_minutes)
     if left is not None and p.kind not in ("member_done", "done"):

@@ -8,12 +8,15 @@ II of Drozdzal et al. as written; the smaller ones train on a laptop CPU.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 Architecture = Literal[
     "pipeline", "fcresnet-standardize", "fcresnet-rescale", "fcresnet-raw", "unet"
@@ -24,6 +27,10 @@ ARCHITECTURES: tuple[str, ...] = (
 WEIGHT_DECAY_MODES: tuple[str, ...] = ("coupled", "decoupled")
 OPTIMIZERS: tuple[str, ...] = ("rmsprop", "adamw")
 SELECT_BY: tuple[str, ...] = ("auto", "dice", "v_rand")
+VAL_SPLITS: tuple[str, ...] = ("auto", "slices", "regions")
+LR_SCHEDULES: tuple[str, ...] = ("inverse_time", "budget_cosine")
+#: epoch limit of a run given no time budget and no ``epochs``
+DEFAULT_EPOCHS = 200
 
 
 @dataclass
@@ -74,8 +81,10 @@ class ModelConfig:
     architecture: str = "pipeline"
     preset: str = "cpu"
     init: str = "he"  # "he", "glorot" (Keras' default, as in the paper) or "torch"
-    # batch-norm statistics at prediction: "image" (each image's own) or "running" (the paper's)
-    norm_stats: str = "image"
+    # batch-norm statistics at prediction: "auto" (each slice's own in an EM-like stack, the
+    # training averages in a scan: napari_fcres.norm_choice), "image" (each image's own),
+    # "volume" (the whole stack's) or "running" (the training averages; the paper's)
+    norm_stats: str = "auto"
     preprocessor: UNetConfig = field(default_factory=UNetConfig)
     fcresnet: FCResNetConfig = field(default_factory=FCResNetConfig)
     unet: UNetConfig = field(default_factory=lambda: plain_unet(base=16))
@@ -116,6 +125,10 @@ class TrainConfig:
     loss: str = "dice"  # "dice" (eq. 2) or "bce_dice"
     lr: float = 1e-3
     lr_decay: float = 1e-3  # Keras inverse-time decay per iteration: lr / (1 + decay * it)
+    # "inverse_time": Keras' decay above (the paper); "budget_cosine": with max_minutes, the
+    # learning rate also follows a half cosine from 1 to 0 over the time budget (elapsed
+    # time), so a short run ends annealed; without a budget it is "inverse_time"
+    lr_schedule: str = "inverse_time"
     weight_decay: float = 1e-4
     weight_decay_fcresnet: float | None = None  # liver runs: 5e-4 on the FC-ResNet
     # "coupled": L2 added to the gradient (Keras regularizers, torch's weight_decay);
@@ -129,15 +142,23 @@ class TrainConfig:
     warmup_steps: int = 100
     batch_size: int = 8
     crop_size: int = 256
-    epochs: int = 200
+    # passes over the training slices; None: no limit when ``max_minutes`` is given (the
+    # time budget is used), else DEFAULT_EPOCHS
+    epochs: int | None = None
     steps_per_epoch: int | None = None  # None: crops covering the training slices once
     max_minutes: float | None = None
-    patience: int = 50  # early stopping on the validation score, in epochs
+    # early stopping: optimisation steps without a better validation score (0: never).
+    # Counted in steps, not epochs, so it means the same for 3 slices and for 300.
+    patience_steps: int = 1000
     # which validation score keeps the best checkpoint: "dice", "v_rand" (ISBI foreground-restricted
     # Rand score, for membrane EM) or "auto" (v_rand for stacks of many touching cells)
     select_by: str = "auto"
-    val_fraction: float = 0.2  # 24/6 for 30 slices
-    val_every: int = 1
+    val_fraction: float = 0.2  # 24/6 for 30 slices; the share of each slice with "regions"
+    val_every_steps: int = 20  # validate every N optimisation steps (and at the end)
+    # what is held out for validation: "slices" (whole annotated slices), "regions" (a band
+    # of every annotated slice, so every painted slice also trains) or "auto" (regions when
+    # whole slices would leave fewer than MIN_VAL_SLICES slices to validate on)
+    val_split: str = "auto"
     ensemble: int = 1
     seed: int = 0
     device: str = "auto"
@@ -149,16 +170,19 @@ class TrainConfig:
         if self.loss not in ("dice", "bce_dice"):
             raise InputError(f"unknown loss {self.loss!r}; choose 'dice' or 'bce_dice'")
         for name, allowed in (("weight_decay_mode", WEIGHT_DECAY_MODES),
-                              ("optimizer", OPTIMIZERS), ("select_by", SELECT_BY)):
+                              ("optimizer", OPTIMIZERS), ("select_by", SELECT_BY),
+                              ("val_split", VAL_SPLITS), ("lr_schedule", LR_SCHEDULES)):
             if getattr(self, name) not in allowed:
                 raise InputError(
                     f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}"
                 )
-        for name in ("batch_size", "crop_size", "epochs", "ensemble", "val_every", "patience"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.warmup_steps < 0:
-            raise InputError(f"warmup_steps must be 0 or more, got {self.warmup_steps}")
+        for name in ("batch_size", "crop_size", "epochs", "ensemble", "val_every_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"{name} must be at least 1, got {value}")
+        for name in ("warmup_steps", "patience_steps"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -214,8 +238,30 @@ LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Epoch-counted stopping keys of configs written before stopping was counted in steps.
+EPOCH_COUNTED_KEYS: tuple[str, ...] = ("patience", "val_every")
+
+
+def _with_step_counted_stopping(data: Any) -> Any:
+    """Drop the epoch-counted ``train.patience`` / ``train.val_every`` of an older config.
+
+    An epoch meant 2 steps for 3 slices and 100 for 300, so they are not converted: the
+    run gets the step-counted defaults (``patience_steps``, ``val_every_steps``).
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("train"), dict):
+        return data
+    old = [k for k in EPOCH_COUNTED_KEYS if k in data["train"]]
+    if not old:
+        return data
+    log.warning("config: %s counted epochs and are replaced by patience_steps / "
+                "val_every_steps (counted in optimisation steps)",
+                ", ".join(f"train.{k}" for k in old))
+    return {**data, "train": {k: v for k, v in data["train"].items() if k not in old}}
+
+
 def _with_legacy_defaults(data: Any) -> Any:
     """Fill in the pre-fix settings for a config mapping saved without ``model.init``."""
+    data = _with_step_counted_stopping(data)
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         return data
     model = data["model"]

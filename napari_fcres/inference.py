@@ -36,17 +36,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .device import is_out_of_memory, resolve_device
 from .errors import CheckpointError, InputError, OutOfMemoryError, StoppedError
-from .models.norm import SharedImageStatistics
+from .models.norm import VOLUME_STAT_SLICES, SharedImageStatistics
 
 if TYPE_CHECKING:
     from .models import SegmentationModel
@@ -77,6 +77,7 @@ class PredictionResult:
     probabilities: np.ndarray
     normalized: np.ndarray | None = None
     spread: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. slices far from training
 
 
 # ----------------------------------------------------------------------------- tiling
@@ -244,6 +245,7 @@ def predict(
     should_stop: Callable[[], bool] | None = None,
     channels_last: bool | None = None,
     amp: bool | None = None,
+    norm_reference: np.ndarray | None = None,
 ) -> PredictionResult:
     """Foreground probabilities of a 2D image or a 3D stack (slice-wise along ``axis``).
 
@@ -257,7 +259,12 @@ def predict(
     autocast) to True on CUDA only.  ``batch_size`` (tiles per forward pass)
     defaults to 1 on the CPU, where it measured fastest, and 4 elsewhere.  On
     out-of-memory the batch size, then the tile size (down to 128) is halved and
-    the slice retried before :class:`OutOfMemoryError` is raised.  For ``axis != 0`` the outputs are
+    the slice retried before :class:`OutOfMemoryError` is raised.  Models whose
+    batch normalizations use ``"volume"`` statistics measure them first over up to
+    :data:`~napari_fcres.models.norm.VOLUME_STAT_SLICES` evenly spaced slices of the
+    whole stack (all of it, not only ``slices``), or of ``norm_reference`` (slices
+    ``(Z, H, W)`` along ``axis`` standing for the volume, e.g. read from a volume
+    larger than memory).  For ``axis != 0`` the outputs are
     views with moved axes (no copy).
     """
     if isinstance(models, torch.nn.Module) and not isinstance(models, torch.nn.ModuleList):
@@ -314,6 +321,10 @@ def predict(
             m.eval()
             if use_cl:
                 m.to(memory_format=torch.channels_last)
+        reference = stack if norm_reference is None else _reference_stack(norm_reference)
+        volume_stats = _VolumeStatistics(model_list, reference, settings, divisor, dev,
+                                         use_cl, use_amp, should_stop)
+        plan = _statistics_plan(model_list, stack, reference, indices)
         for pos, idx in enumerate(indices):
             while True:
                 try:
@@ -331,6 +342,8 @@ def predict(
                         None if normalized is None else normalized[idx],
                         tracker,
                         should_stop,
+                        volume_stats,
+                        plan.get(idx, "image"),
                     )
                     break
                 except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
@@ -356,6 +369,7 @@ def predict(
         return a[0] if image.ndim == 2 else np.moveaxis(a, 0, axis)
 
     result = PredictionResult(back(probs), back(normalized), back(spread))  # type: ignore[arg-type]
+    result.warnings = _foreground_warnings(model_list, probs, indices)
     log.debug(
         "predicted %d slice(s) of %dx%d with %d model(s), tile %d, batch %d",
         len(indices),
@@ -411,6 +425,23 @@ def _shrink(settings: _Settings, message: str, h: int, w: int, n_tiles: int) -> 
     )
 
 
+def _foreground_warnings(models: Sequence[SegmentationModel], probs: np.ndarray,
+                         indices: Sequence[int]) -> list[str]:
+    """A warning naming the slices whose predicted foreground share is far outside the
+    training slices' (:mod:`napari_fcres.foreground_check`); checked for stacks only."""
+    from .foreground_check import foreground_outliers, outlier_message
+
+    ranges = [getattr(m, "train_foreground", None) for m in models]
+    if len(indices) < 2 or not all(r and len(r) == 3 for r in ranges):
+        return []
+    expected = [min(r[0] for r in ranges), float(np.median([r[1] for r in ranges])),
+                max(r[2] for r in ranges)]
+    message = outlier_message(*foreground_outliers(probs, expected, indices), expected)
+    if message:
+        log.warning("%s", message)
+    return [message] if message else []
+
+
 def _save_state(model: torch.nn.Module) -> tuple[bool, bool]:
     cl = any(
         p.dim() == 4
@@ -431,7 +462,98 @@ def _tile_runs(models: Sequence[SegmentationModel], grid: _Grid) -> int:
     """Tile forward passes per slice: one more per model that shares image statistics."""
     if grid.n_tiles == 1:
         return len(models)
-    return sum(grid.n_tiles * (2 if SharedImageStatistics(m) else 1) for m in models)
+    def runs(m: SegmentationModel) -> int:
+        stats = SharedImageStatistics(m)
+        return 2 if stats and not stats.per_volume else 1
+
+    return sum(grid.n_tiles * runs(m) for m in models)
+
+
+def _reference_stack(reference: np.ndarray) -> np.ndarray:
+    ref = _validate_image(np.asarray(reference))
+    return ref[None] if ref.ndim == 2 else ref
+
+
+def _statistics_plan(
+    models: Sequence[SegmentationModel], stack: np.ndarray, reference: np.ndarray,
+    indices: Sequence[int],
+) -> dict[int, str]:
+    """For ``"auto"`` models: each slice's statistics (``"image"``, ``"volume"`` or
+    ``"running"``) by :func:`napari_fcres.norm_choice.statistics_plan`."""
+    if not any(SharedImageStatistics(m).mode == "auto" for m in models):
+        return {}
+    from .norm_choice import statistics_plan
+
+    depth = reference.shape[0]
+    picks = np.unique(np.linspace(0, depth - 1, min(depth, VOLUME_STAT_SLICES)).round()
+                      .astype(int))
+    modes = statistics_plan(stack[list(indices)], reference[picks])
+    plan = {int(i): m for i, m in zip(indices, modes, strict=True)}
+    if any(m == "running" for m in modes):
+        log.info("batch-norm statistics: the slices' content changes along the volume (a "
+                 "scan): every slice uses the averages learned in training")
+    elif any(m == "volume" for m in modes):
+        odd = [i for i, m in plan.items() if m == "volume"]
+        log.info("batch-norm statistics: slice(s) %s differ from the stack's typical slice in "
+                 "more than brightness and contrast and use the whole stack's statistics; "
+                 "the others their own", ", ".join(map(str, odd[:20])))
+    return plan
+
+
+@contextmanager
+def _running_statistics(stats: SharedImageStatistics) -> Iterator[None]:
+    """Every prediction-statistics layer of a model on its running averages, for a while."""
+    before = [m.norm_stats for m in stats.layers]
+    for m in stats.layers:
+        m.norm_stats = "running"
+    try:
+        yield
+    finally:
+        for m, mode in zip(stats.layers, before, strict=True):
+            m.norm_stats = mode
+
+
+class _VolumeStatistics:
+    """Per model, batch-norm statistics over evenly spaced slices of ``stack``, measured
+    the first time a slice asks for them (a ``"volume"`` model, or an ``"auto"`` model on
+    a slice that may not take its own); None for other models."""
+
+    def __init__(
+        self, models: Sequence[SegmentationModel], stack: np.ndarray, settings: _Settings,
+        divisor: int, dev: torch.device, use_cl: bool, use_amp: bool,
+        should_stop: Callable[[], bool] | None,
+    ) -> None:
+        self.models, self.stack, self.settings, self.divisor = models, stack, settings, divisor
+        self.dev, self.use_cl, self.use_amp, self.should_stop = dev, use_cl, use_amp, should_stop
+        self._stats: dict[int, SharedImageStatistics] = {}
+
+    def mode(self, k: int) -> str:
+        return SharedImageStatistics(self.models[k]).mode
+
+    def get(self, k: int) -> SharedImageStatistics:
+        if k not in self._stats:
+            self._stats[k] = self._measure(self.models[k])
+        return self._stats[k]
+
+    def _measure(self, model: SegmentationModel) -> SharedImageStatistics:
+        stack, settings = self.stack, self.settings
+        depth = stack.shape[0]
+        picks = np.unique(np.linspace(0, depth - 1, min(depth, VOLUME_STAT_SLICES)).round()
+                          .astype(int))
+        grid = _Grid.build(stack.shape[1], stack.shape[2],
+                           min(settings.tile, max(stack.shape[1:])),
+                           min(settings.overlap, settings.tile - 1), self.divisor)
+        stats = SharedImageStatistics(model)
+        with torch.inference_mode(), stats.collecting():
+            for z in picks:
+                raw = stack[z]
+                if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+                    raise InputError(f"slice {z} contains NaN or infinite values; replace "
+                                     "them first")
+                for _batch, _boxes, tiles in _tile_batches(raw, grid, settings.batch_size,
+                                                           self.should_stop):
+                    _run_model(model, tiles, False, self.dev, self.use_cl, self.use_amp, False)
+        return stats
 
 
 def _collect_image_statistics(
@@ -477,9 +599,12 @@ def _predict_slice(
     normalized: np.ndarray | None,
     tracker: _Progress,
     should_stop: Callable[[], bool] | None,
+    volume_stats: _VolumeStatistics | None = None,
+    auto_mode: str = "image",
 ) -> bool:
     """Fill ``out`` (and ``spread`` / ``normalized``) for one slice; False if no model gives
-    a normalized image."""
+    a normalized image.  ``volume_stats``: the stack's statistics per model; ``auto_mode``:
+    what an ``"auto"`` model uses on this slice (``"image"``, ``"volume"`` or ``"running"``)."""
     out.fill(0)
     if normalized is not None:
         normalized.fill(0)
@@ -495,8 +620,13 @@ def _predict_slice(
         if member is not None:
             member.fill(0)
         stats = SharedImageStatistics(model)
-        shared = nullcontext()
-        if stats and grid.n_tiles > 1:
+        shared: Any = nullcontext()
+        mode = auto_mode if stats.mode == "auto" else stats.mode
+        if mode == "running":
+            shared = _running_statistics(stats)
+        elif mode == "volume" and volume_stats is not None:
+            shared = volume_stats.get(k).shared()
+        elif stats and grid.n_tiles > 1:
             _collect_image_statistics(model, stats, raw, grid, batch_size, dev, use_cl, use_amp,
                                       tracker, should_stop)
             shared = stats.shared()

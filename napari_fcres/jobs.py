@@ -247,7 +247,7 @@ def inspect_job(
     probs = np.zeros((len(slices), h, w), dtype=np.float32)
     for k, z in enumerate(slices):
         out = predict(model, stack[z], device=device, return_normalized=True,
-                      should_stop=stop.is_set)
+                      should_stop=stop.is_set, norm_reference=stack)
         if out.normalized is None:
             raise InputError(
                 f"the {arch or 'chosen'} model of {checkpoint} has no pre-processor output to "

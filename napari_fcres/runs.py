@@ -51,7 +51,7 @@ LAYOUT = f"{CONFIG_NAME} and {MEMBER_PREFIX}KK/{BEST_NAME}, {LAST_NAME}"
 RESUME_CHANGEABLE: tuple[str, ...] = (
     "train.epochs",
     "train.max_minutes",
-    "train.patience",
+    "train.patience_steps",
     "train.device",
     "train.num_workers",
     "train.inference_tile",
@@ -193,7 +193,10 @@ def load_ensemble(
     for f in files:
         if should_stop is not None and should_stop():
             raise StoppedError("stopped while loading the models")
-        models.append(load_model(f, device=dev)[0])
+        model, data = load_model(f, device=dev)
+        # the training slices' foreground range, for inference's far-from-training warning
+        model.train_foreground = list(data.get("train_foreground") or [])
+        models.append(model)
     return models
 
 

@@ -19,7 +19,8 @@ from .errors import InputError
 #: Overrides that go to ``Config.train``.
 TRAIN_KEYS: tuple[str, ...] = (
     "epochs", "max_minutes", "ensemble", "device", "seed", "batch_size", "crop_size", "lr",
-    "loss", "steps_per_epoch", "patience", "val_every", "val_fraction", "select_by",
+    "loss", "steps_per_epoch", "patience_steps", "val_every_steps", "val_fraction",
+    "val_split", "select_by",
     "freeze_fcresnet",
 )
 #: Overrides that go to ``Config.data``.

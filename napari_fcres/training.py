@@ -30,10 +30,11 @@ import torch
 
 from .augment import CropSampler, SliceData
 from .checkpoint import config_of, read_checkpoint, save_checkpoint
-from .config import Config, same_network
+from .config import DEFAULT_EPOCHS, Config, same_network
 from .device import is_out_of_memory, resolve_device, use_amp, use_channels_last_for_training
 from .distributed import DistContext
 from .errors import CheckpointError, InputError, OutOfMemoryError, TrainingError
+from .foreground_check import training_foreground
 from .io import as_binary_labels, check_image_labels, validate_image
 from .losses import LOSSES
 from .models import NormalizedFCResNet, Pipeline, SegmentationModel, build_model
@@ -79,11 +80,13 @@ class TrainProgress:
     metric: str = "dice"  # the score that keeps the best checkpoint: "dice" or "v_rand"
     val_score: float | None = None  # this validation's score by ``metric``
     best_epoch: int | None = None
+    best_step: int | None = None  # the step of the best validation score
     lr: float | None = None
     elapsed: float = 0.0
     fraction: float = 0.0  # of the whole run (all members), 0..1
     checkpoint: Path | None = None
     message: str = ""
+    validation_basis: str = ""  # what the validation scores are measured on, in words
 
 
 @dataclass
@@ -173,24 +176,101 @@ def fit_crop_size(crop: int, h: int, w: int, divisor: int) -> int:
     return fitted
 
 
+#: ``val_split: auto`` holds out whole slices only when that leaves this many to validate on.
+MIN_VAL_SLICES = 2
+
+
+@dataclass
+class ValidationSplit:
+    """What trains and what validates: slice indices and, for regions, each slice's band.
+
+    With ``regions`` every annotated slice trains, except a band of columns ``x0:x1``
+    (``val_fraction`` of its width, at a random place per slice) that is masked out of
+    its training loss and is what validation scores.
+    """
+
+    train: list[int]
+    val: list[int]
+    regions: dict[int, tuple[int, int]] = field(default_factory=dict)  # slice -> (x0, x1)
+
+    @property
+    def kind(self) -> str:
+        return "regions" if self.regions else "slices"
+
+    def describe(self, n_annotated: int) -> str:
+        """``validating on 1 slice: scores are rough`` and the like."""
+        if self.regions:
+            n = len(self.regions)
+            return (f"validating on a held-out band of each of the {n} annotated "
+                    f"slice{'s' if n != 1 else ''}" + (": scores are rough" if n < 3 else ""))
+        if not self.val:
+            return "validating on the training slice itself: scores are optimistic"
+        n = len(self.val)
+        return (f"validating on {n} of {n_annotated} annotated slices"
+                + (": scores are rough" if n < MIN_VAL_SLICES else ""))
+
+
+def choose_validation(
+    annotated: Sequence[int], width: int, val_fraction: float, val_split: str, seed: int,
+) -> ValidationSplit:
+    """The validation split of a run (see :class:`ValidationSplit`).
+
+    ``auto`` holds out whole slices when at least :data:`MIN_VAL_SLICES` would validate
+    (8 or more annotated slices at the default 0.2), else a band of every slice: with 3
+    painted slices, all 3 train and all 3 validate, instead of 2 and 1.
+    """
+    train_s, val_s = split_slices(annotated, val_fraction, seed)
+    mode = val_split
+    if mode == "auto":
+        mode = "slices" if len(val_s) >= MIN_VAL_SLICES or val_fraction == 0 else "regions"
+    if mode == "slices" or val_fraction == 0:
+        return ValidationSplit(train_s, val_s)
+    rng = random.Random(seed)
+    band = max(1, min(width - 1, int(round(val_fraction * width))))
+    regions = {}
+    for z in annotated:
+        x0 = rng.randrange(0, width - band + 1)
+        regions[int(z)] = (x0, x0 + band)
+    return ValidationSplit(list(annotated), list(annotated), regions)
+
+
 def split_slices(annotated: Sequence[int], val_fraction: float, seed: int) -> tuple[list, list]:
-    """Random train/validation split of the annotated slices (24/6 for 30 at 0.2)."""
-    order = list(annotated)
-    random.Random(seed).shuffle(order)
+    """Train/validation split of the annotated slices (24/6 for 30 at 0.2).
+
+    The validation slices are spread over the whole annotated range, edges included: the
+    sorted slices are cut into as many runs as there are validation slices, and the
+    first run gives its first slice, the last run its last, every other run a random one.
+    A scan's first and last annotated slices (the ends of an organ, where it differs most
+    from its middle) are then always validated on.
+    """
+    order = sorted(int(z) for z in annotated)
     n_val = int(round(val_fraction * len(order))) if len(order) >= 2 else 0
     n_val = min(max(n_val, 1 if val_fraction > 0 and len(order) >= 2 else 0), len(order) - 1)
-    return sorted(order[n_val:]), sorted(order[:n_val])
+    rng = random.Random(seed)
+    if n_val < 2:
+        val = rng.sample(order, n_val)
+    else:
+        runs = [list(r) for r in np.array_split(np.asarray(order), n_val)]
+        val = [runs[0][0], *(rng.choice(r) for r in runs[1:-1]), runs[-1][-1]]
+    val_set = {int(v) for v in val}
+    return [z for z in order if z not in val_set], sorted(val_set)
 
 
 def member_seed(seed: int, member: int) -> int:
     return seed + 1000 * member
 
 
-def _lr_lambda(decay: float, warmup_steps: int = 0) -> Callable[[int], float]:
-    """Keras' inverse-time decay, after a linear warm-up of ``warmup_steps``."""
+def _lr_lambda(
+    decay: float, warmup_steps: int = 0, budget_fraction: Callable[[], float] | None = None,
+) -> Callable[[int], float]:
+    """Keras' inverse-time decay, after a linear warm-up of ``warmup_steps``; times a half
+    cosine of the time budget used so far when ``budget_fraction`` is given."""
     def factor(it: int) -> float:
         warm = min(1.0, (it + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-        return warm / (1.0 + decay * it)
+        anneal = 1.0
+        if budget_fraction is not None:
+            anneal = 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, budget_fraction()))))
+        return warm * anneal / (1.0 + decay * it)
 
     return factor
 
@@ -214,14 +294,23 @@ def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
 
 def validate_model(
     model: SegmentationModel, data: PreparedData, slices: Sequence[int], device: torch.device,
-    tile: int, metric: str = "dice",
+    tile: int, metric: str = "dice", regions: dict[int, tuple[int, int]] | None = None,
 ) -> dict[str, float]:
-    """Validation scores on ``slices`` (annotated pixels): Dice, and V_rand if it selects."""
+    """Validation scores on ``slices`` (annotated pixels): Dice, and V_rand if it selects.
+
+    With ``regions`` (slice -> columns ``x0:x1``, all of one width) the whole slices are
+    predicted, for context, and only those bands are scored.
+    """
     from .inference import predict
 
     idx = list(slices)
     probs = predict(model, data.image[idx], tile_size=tile, device=device).probabilities
-    return validation_scores(probs, data.target[idx], data.mask[idx], metric)
+    target, mask = data.target[idx], data.mask[idx]
+    if regions:
+        bands = [regions[z] for z in idx]
+        probs, target, mask = (np.stack([a[k, :, x0:x1] for k, (x0, x1) in enumerate(bands)])
+                               for a in (probs, target, mask))
+    return validation_scores(probs, target, mask, metric)
 
 
 def train(
@@ -301,7 +390,7 @@ def train(
     result.best_checkpoints = [p for _, p, _ in done]
     result.best_val_dice = [v for _, _, v in done]
     log.info("training finished: %s", result)
-    yield TrainProgress("done", k_members - 1, k_members, 0, cfg.train.epochs, 0, 0,
+    yield TrainProgress("done", k_members - 1, k_members, 0, cfg.train.epochs or 0, 0, 0,
                         fraction=1.0, metric=data.metric,
                         message="; ".join(
                             ["stopped" if result.stopped else "finished", *result.warnings]))
@@ -329,14 +418,15 @@ class _MemberRun:
         np.random.seed(self.seed % 2**32)
         random.seed(self.seed)
         self.gen = torch.Generator().manual_seed(self.seed + self.dist.rank)  # own crops per rank
-        self.train_slices, self.val_slices = split_slices(data.annotated, t.val_fraction, self.seed)
-        if not self.val_slices:
+        self.split = choose_validation(data.annotated, data.image.shape[2], t.val_fraction,
+                                       t.val_split, self.seed)
+        if not self.split.val:
             log.warning("only one annotated slice: validating on the training slice")
         self.model = build_model(cfg.model)
         if init_state is not None:
             self.model.load_state_dict(init_state)
         if isinstance(self.model, NormalizedFCResNet) and init_state is None:
-            tr = data.image[self.train_slices][data.mask[self.train_slices]]
+            tr = data.image[self.split.train][self._train_mask()]
             self.model.fit_normalization(torch.from_numpy(tr))
         if t.freeze_fcresnet and isinstance(self.model, Pipeline):
             for p in self.model.fcresnet.parameters():
@@ -347,13 +437,15 @@ class _MemberRun:
             self.model.to(memory_format=torch.channels_last)
         self.amp = use_amp(device)
         self.model = self.dist.convert_batchnorm(self.model)
+        self.elapsed = 0.0  # training seconds so far (the budget-cosine schedule reads it)
         self.opt = build_optimizer(self.model, cfg)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, _lr_lambda(t.lr_decay, t.warmup_steps)
+            self.opt, _lr_lambda(t.lr_decay, t.warmup_steps, self._budget_fraction
+                                 if t.lr_schedule == "budget_cosine" and budget_s else None)
         )
         self.loss_fn = self.dist.loss(t.loss) if self.dist.enabled else LOSSES[t.loss]
         h, w = data.image.shape[1:]
-        crops_per_epoch = len(self.train_slices) * h * w / t.crop_size**2
+        crops_per_epoch = len(self.split.train) * h * w / t.crop_size**2
         global_batch = t.batch_size * self.dist.world_size
         self.steps_per_epoch = t.steps_per_epoch or max(
             1, math.ceil(crops_per_epoch / global_batch)
@@ -365,6 +457,9 @@ class _MemberRun:
         self.best_val = -1.0  # best validation score by self.metric
         self.metric = data.metric
         self.best_epoch = 0
+        self.best_step = 0
+        self.last_val_step = 0
+        self.epochs = t.epochs or (None if budget_s else DEFAULT_EPOCHS)  # None: the budget
         self.history: list[dict[str, float]] = []
         self.elapsed = 0.0
         self.finished = False
@@ -373,12 +468,32 @@ class _MemberRun:
         if resume and self.last_path.exists():
             self._resume()
         self.ddp_model = self.dist.wrap(self.model)  # forward pass; self.model for checkpoints
+        log.info("member %d: %s", member, self.split.describe(len(data.annotated)))
+        self.train_foreground = training_foreground(data.target[self.split.train],
+                                                    self._train_mask())
         sd = SliceData(
-            torch.from_numpy(data.image[self.train_slices]),
-            torch.from_numpy(data.target[self.train_slices]),
-            torch.from_numpy(data.mask[self.train_slices].astype(np.float32)),
+            torch.from_numpy(data.image[self.split.train]),
+            torch.from_numpy(data.target[self.split.train]),
+            torch.from_numpy(self._train_mask().astype(np.float32)),
         )
         self.sampler = CropSampler(sd, t.crop_size, cfg.augment, self.gen)
+
+    @property
+    def train_slices(self) -> list[int]:
+        return self.split.train
+
+    @property
+    def val_slices(self) -> list[int]:
+        return self.split.val
+
+    def _train_mask(self) -> np.ndarray:
+        """Annotated pixels of the training slices, without the validation bands."""
+        mask = self.data.mask[self.split.train].copy()
+        for k, z in enumerate(self.split.train):
+            if z in self.split.regions:
+                x0, x1 = self.split.regions[z]
+                mask[k, :, x0:x1] = False
+        return mask
 
     # ------------------------------------------------------------------ state
     def _payload(self, with_training_state: bool) -> dict[str, Any]:
@@ -389,7 +504,8 @@ class _MemberRun:
             "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "member": self.member,
             "seed": self.seed,
-            "split": {"train": self.train_slices, "val": self.val_slices},
+            "split": {"train": self.split.train, "val": self.split.val,
+                      "regions": {str(z): list(r) for z, r in self.split.regions.items()}},
             "history": self.history,
             "epoch": self.epoch,
             "step": self.step,
@@ -397,6 +513,9 @@ class _MemberRun:
             "epoch_losses": self.epoch_losses,
             "best_val_dice": self.best_val,
             "best_epoch": self.best_epoch,
+            "best_step": self.best_step,
+            "train_foreground": self.train_foreground,
+            "last_val_step": self.last_val_step,
             "elapsed_s": self.elapsed,
             "finished": self.finished,
         }
@@ -421,18 +540,20 @@ class _MemberRun:
         self.opt.load_state_dict(ck["optimizer_state"])
         self.sched.load_state_dict(ck["scheduler_state"])
         _set_rng_state(self._own_rng_state(ck), self.gen)
-        self.train_slices = list(ck["split"]["train"])
-        self.val_slices = list(ck["split"]["val"])
+        regions = {int(z): (int(r[0]), int(r[1]))
+                   for z, r in (ck["split"].get("regions") or {}).items()}
+        self.split = ValidationSplit(list(ck["split"]["train"]), list(ck["split"]["val"]), regions)
         self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
         self.step_in_epoch = int(ck.get("step_in_epoch", 0))
         self.epoch_losses = list(ck.get("epoch_losses", []))
         self.best_val, self.best_epoch = float(ck["best_val_dice"]), int(ck["best_epoch"])
+        self.best_step = int(ck.get("best_step", self.step))
+        self.last_val_step = int(ck.get("last_val_step", self.step))
         self.history = list(ck["history"])
         self.elapsed = float(ck["elapsed_s"])
         self.finished = bool(ck.get("finished", False))
-        t = self.cfg.train
         if self.finished and not (
-            self.epoch >= t.epochs or self.epoch - self.best_epoch >= t.patience
+            self._epochs_done() or self._patience_out()
             or (self.budget_s and self.elapsed >= self.budget_s)
         ):  # more epochs, minutes or patience than the run ended with: train on
             self.finished = False
@@ -453,19 +574,33 @@ class _MemberRun:
         state["sampler"] = torch.Generator().manual_seed(seed).get_state()
         return state
 
+    def _budget_fraction(self) -> float:
+        """Share of this member's time budget used (0 without a budget)."""
+        return self.elapsed / self.budget_s if self.budget_s else 0.0
+
+    def _epochs_done(self) -> bool:
+        return self.epochs is not None and self.epoch >= self.epochs
+
+    def _patience_out(self) -> bool:
+        """No better validation score for ``patience_steps`` steps (0: never)."""
+        patience = self.cfg.train.patience_steps
+        return bool(patience) and self.step - self.best_step >= patience
+
     def progress(self, kind: str, **kw: Any) -> TrainProgress:
         t = self.cfg.train
-        frac_epochs = self.step / (self.steps_per_epoch * t.epochs)
+        frac_epochs = self.step / (self.steps_per_epoch * self.epochs) if self.epochs else 0.0
         frac_time = self.elapsed / self.budget_s if self.budget_s else 0.0
         frac = min(1.0, max(frac_epochs, frac_time))
         if self.finished:
             frac = 1.0
         return TrainProgress(
             kind=kind, member=self.member, n_members=t.ensemble, epoch=self.epoch,
-            epochs=t.epochs, step=self.step, steps_per_epoch=self.steps_per_epoch,
+            epochs=self.epochs or 0, step=self.step, steps_per_epoch=self.steps_per_epoch,
             best_val_dice=self.best_val if self.best_val >= 0 else None, metric=self.metric,
-            best_epoch=self.best_epoch or None, lr=self.sched.get_last_lr()[0],
-            elapsed=self.elapsed, fraction=(self.member + frac) / t.ensemble, **kw,
+            best_epoch=self.best_epoch or None, best_step=self.best_step or None,
+            lr=self.sched.get_last_lr()[0],
+            elapsed=self.elapsed, fraction=(self.member + frac) / t.ensemble,
+            validation_basis=self.split.describe(len(self.data.annotated)), **kw,
         )
 
     # ------------------------------------------------------------------ loop
@@ -494,7 +629,13 @@ class _MemberRun:
             self.model.fcresnet.eval()  # frozen: keep its batch-norm statistics too
 
     def run(self, should_stop: Callable[[], bool] | None) -> Generator[TrainProgress, None, bool]:
-        """Train this member; returns True when stopped on request."""
+        """Train this member; returns True when stopped on request.
+
+        Validation runs every ``val_every_steps`` optimisation steps and when the run
+        ends; early stopping counts steps since the best score (``patience_steps``), so
+        both mean the same for 3 annotated slices as for 300.  An epoch (crops covering
+        the training slices once) only counts passes for ``epochs``.
+        """
         t = self.cfg.train
         if self.finished:
             log.info("member %d already finished; skipping", self.member)
@@ -503,48 +644,47 @@ class _MemberRun:
         start = time.perf_counter() - self.elapsed
         self._saved_at = time.perf_counter()
         try:
-            while self.epoch < t.epochs:
+            while not self._epochs_done():
                 self._set_train_mode()
-                while self.step_in_epoch < self.steps_per_epoch:
-                    if self.dist.any(should_stop is not None and should_stop()):
-                        stopped = True
-                        break
-                    try:
-                        loss = self._train_step()
-                    except RuntimeError as exc:
-                        if is_out_of_memory(exc):
-                            raise OutOfMemoryError(
-                                f"{self.device} ran out of memory at batch size {t.batch_size} "
-                                f"and crop {t.crop_size}; lower the batch size or crop size, "
-                                "or pick a smaller preset"
-                            ) from None
-                        raise
-                    self.epoch_losses.append(loss)
-                    self.step += 1
-                    self.step_in_epoch += 1
-                    self.elapsed = time.perf_counter() - start
-                    since = time.perf_counter() - self._saved_at
-                    if self.dist.any(since >= CHECKPOINT_INTERVAL_S):  # within a long epoch
-                        self._save_last()
-                    yield self.progress("step", loss=loss)
-                    if self.budget_s and self.dist.any(self.elapsed >= self.budget_s):
-                        break
-                if stopped:
+                if self.dist.any(should_stop is not None and should_stop()):
+                    stopped = True
                     break
-                self.epoch += 1
-                losses, self.epoch_losses, self.step_in_epoch = self.epoch_losses, [], 0
-                out_of_time = bool(self.budget_s) and self.dist.any(self.elapsed >= self.budget_s)
-                if self.epoch % t.val_every == 0 or out_of_time or self.epoch == t.epochs:
-                    yield from self._validate(float(np.mean(losses)) if losses else math.nan)
+                try:
+                    loss = self._train_step()
+                except RuntimeError as exc:
+                    if is_out_of_memory(exc):
+                        raise OutOfMemoryError(
+                            f"{self.device} ran out of memory at batch size {t.batch_size} "
+                            f"and crop {t.crop_size}; lower the batch size or crop size, "
+                            "or pick a smaller preset"
+                        ) from None
+                    raise
+                self.epoch_losses.append(loss)  # since the last validation
+                self.step += 1
+                self.step_in_epoch += 1
+                if self.step_in_epoch >= self.steps_per_epoch:
+                    self.epoch += 1
+                    self.step_in_epoch = 0
                 self.elapsed = time.perf_counter() - start
-                if self.epoch - self.best_epoch >= t.patience:
-                    log.info("member %d: early stop at epoch %d (best %d)",
-                             self.member, self.epoch, self.best_epoch)
-                    break
-                if out_of_time:
-                    log.info("member %d: time budget reached at epoch %d", self.member, self.epoch)
-                    break
-                if self.epoch < t.epochs:  # the last epoch is saved below, as finished
+                yield self.progress("step", loss=loss)
+                out_of_time = bool(self.budget_s) and self.dist.any(
+                    self.elapsed >= self.budget_s)
+                end = out_of_time or self._epochs_done()
+                if end or self.step - self.last_val_step >= t.val_every_steps:
+                    losses, self.epoch_losses = self.epoch_losses, []
+                    yield from self._validate(float(np.mean(losses)) if losses else math.nan)
+                    self.elapsed = time.perf_counter() - start
+                    if self._patience_out():
+                        log.info("member %d: early stop at step %d (best at step %d)",
+                                 self.member, self.step, self.best_step)
+                        break
+                    if out_of_time:
+                        log.info("member %d: time budget reached at step %d", self.member,
+                                 self.step)
+                        break
+                    if not end:
+                        self._save_last()
+                elif self.dist.any(time.perf_counter() - self._saved_at >= CHECKPOINT_INTERVAL_S):
                     self._save_last()
             if not stopped:
                 self.finished = True
@@ -572,15 +712,20 @@ class _MemberRun:
         if self.best_val < 0 or not self.dist.is_main:
             return None
         idx = self.val_slices or self.train_slices
-        trivial = trivial_scores(self.data.target[idx], self.data.mask[idx], self.metric)
+        target, mask = self.data.target[idx], self.data.mask[idx]
+        if self.split.regions:
+            target, mask = (np.stack([a[k, :, slice(*self.split.regions[z])]
+                                      for k, z in enumerate(idx)]) for a in (target, mask))
+        trivial = trivial_scores(target, mask, self.metric)
         return learned_nothing_message(self.best_val, self.metric, trivial)
 
     def _validate(self, train_loss: float) -> Generator[TrainProgress, None, None]:
         slices = self.val_slices or self.train_slices
         tile = self.cfg.train.inference_tile
         # rank 0 validates and broadcasts, so early stopping agrees on every rank
-        scores = validate_model(self.model, self.data, slices, self.device, tile, self.metric) \
-            if self.dist.is_main else {}
+        scores = validate_model(self.model, self.data, slices, self.device, tile, self.metric,
+                                self.split.regions) if self.dist.is_main else {}
+        self.last_val_step = self.step
         val = self.dist.broadcast_float(scores.get(self.metric, 0.0))
         dice_val = scores.get("dice", val)
         entry = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
@@ -591,12 +736,12 @@ class _MemberRun:
         self.history.append(entry)
         improved = val > self.best_val
         if improved:
-            self.best_val, self.best_epoch = val, self.epoch
+            self.best_val, self.best_epoch, self.best_step = val, self.epoch, self.step
             if self.dist.is_main:
                 save_checkpoint(self.best_path, self._payload(with_training_state=False))
         extra = f" val {self.metric} {val:.4f}" if self.metric != "dice" else ""
-        log.info("member %d epoch %d: loss %.4f val dice %.4f%s%s", self.member, self.epoch,
-                 train_loss, dice_val, extra, " (best)" if improved else "")
+        log.info("member %d step %d (epoch %d): loss %.4f val dice %.4f%s%s", self.member,
+                 self.step, self.epoch, train_loss, dice_val, extra, " (best)" if improved else "")
         yield self.progress("validation", loss=train_loss, val_dice=dice_val, val_score=val,
                             checkpoint=self.best_path if improved else None)
 

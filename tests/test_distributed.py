@@ -48,7 +48,7 @@ def _config(steps: int, epochs: int, batch_size: int) -> Config:
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, unet=unet, init="torch"))
     return dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, epochs=epochs, steps_per_epoch=steps, crop_size=32, batch_size=batch_size,
-        device="cpu", lr=3e-3, patience=50, warmup_steps=0, weight_decay_mode="coupled",
+        device="cpu", lr=3e-3, patience_steps=1000, warmup_steps=0, weight_decay_mode="coupled",
     ))
 
 

@@ -104,7 +104,7 @@ def test_resume_config_allows_only_harmless_changes(tmp_path, stack):
     run_training(cfg, image, labels, tmp_path)
     for key in RESUME_CHANGEABLE:
         assert key.startswith("train.")
-    longer = training.replace_train(cfg, epochs=5, max_minutes=3.0, patience=7)
+    longer = training.replace_train(cfg, epochs=5, max_minutes=3.0, patience_steps=7)
     assert resume_config(tmp_path, longer) == longer
     assert resume_request(tmp_path, {"train": {"epochs": 9}}).train.epochs == 9
     with pytest.raises(InputError, match=r"train\.seed: 5 in the run, 6 now"):

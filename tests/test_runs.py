@@ -135,7 +135,7 @@ def test_stored_config_and_resume_rules(run):
 #: a Train widget's form, as keyword arguments of the builder
 WIDGET_FORM = dict(
     epochs=7, max_minutes=None, ensemble=2, device="cpu", batch_size=3, crop_size=64,
-    lr=0.002, val_fraction=0.25, patience=9, select_by="dice", seed=4, freeze_fcresnet=False,
+    lr=0.002, val_fraction=0.25, patience_steps=9, select_by="dice", seed=4, freeze_fcresnet=False,
     partial=True,
 )
 CLI_FLAGS = ["--preset", "tiny", "--architecture", "unet", "--epochs", "7", "--ensemble", "2",

@@ -12,6 +12,22 @@ has two modes:
   Each image goes through the network standardized at every layer as a batch
   of training crops was, so a slice that is brighter or more contrasty than
   the training slices is not pushed off the learned operating point.
+* ``"volume"``: the statistics of the whole stack being predicted, shared by all
+  its slices (measured by :func:`napari_fcres.inference.predict` in a first pass
+  over up to :data:`VOLUME_STAT_SLICES` evenly spaced slices).  A scan's slices
+  are one acquisition whose content changes along the volume: a slice above the
+  organ, or of air, keeps looking like background instead of being standardized
+  into something that looks like tissue (a blank slice has no variance to divide
+  by).  Between stacks it adapts like ``"image"``.
+* ``"auto"`` (the default): ``"image"`` for the slices whose raw intensities differ
+  from the stack's typical slice only in brightness and contrast (an EM stack),
+  ``"volume"`` for every other slice (a scan, a blank slice); the rule is
+  :func:`napari_fcres.norm_choice.own_statistics_slices`.
+
+At prediction, the layers in ``"image"`` or ``"volume"`` mode normalize with the
+statistics the caller shares through :class:`SharedImageStatistics`; a forward pass
+outside such a context (a single tile with ``"volume"``) uses its batch's own
+statistics, per image.
 
 An image predicted in several tiles gets one set of statistics for all its
 tiles (:class:`SharedImageStatistics`): a first pass over the tiles measures
@@ -31,7 +47,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-NORM_STATS = ("image", "running")
+NORM_STATS = ("auto", "image", "volume", "running")
+#: the most slices a "volume" statistics pass reads (evenly spaced over the stack)
+VOLUME_STAT_SLICES = 32
 
 
 class _PredictionStatistics:
@@ -132,11 +150,21 @@ class SharedImageStatistics:
 
     def __init__(self, model: nn.Module) -> None:
         self.layers = [m for m in model.modules()
-                       if isinstance(m, _PredictionStatistics) and m.norm_stats == "image"]
+                       if isinstance(m, _PredictionStatistics) and m.norm_stats != "running"]
         self._stats: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def __bool__(self) -> bool:
         return bool(self.layers)
+
+    @property
+    def per_volume(self) -> bool:
+        """True when (some) slices share one set of statistics over the whole stack."""
+        return self.mode in ("volume", "auto")
+
+    @property
+    def mode(self) -> str:
+        """The model's prediction statistics: ``"auto"``, ``"image"`` or ``"volume"``."""
+        return self.layers[0].norm_stats if self.layers else "running"
 
     @contextmanager
     def collecting(self) -> Iterator[None]:
