@@ -75,7 +75,7 @@ class CropSampler:
         lab = F.grid_sample(
             stack[:, 1:], grid, mode="nearest", padding_mode="reflection", align_corners=True
         )
-        if a.intensity > 0:
+        if a.intensity:
             gain = 1 + (self._rand(b, 1, 1, 1) * 2 - 1) * a.intensity
             std = img.flatten(1).std(1).view(b, 1, 1, 1)
             offset = (self._rand(b, 1, 1, 1) * 2 - 1) * a.intensity * std

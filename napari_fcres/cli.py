@@ -573,7 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int)
     s.add_argument("--crop-size", type=int)
     s.add_argument("--lr", type=float)
-    s.add_argument("--loss", choices=["dice", "bce_dice"])
+    s.add_argument("--loss", choices=["auto", "dice", "bce_dice"],
+                   help="dice (eq. 2), bce_dice, or auto (default: bce_dice when fewer than 8 "
+                        "slices are annotated, else dice)")
     s.add_argument("--steps-per-epoch", type=int)
     s.add_argument("--patience", type=int, dest="patience_steps",
                    help="early stopping: optimisation steps without a better validation "

@@ -29,6 +29,11 @@ OPTIMIZERS: tuple[str, ...] = ("rmsprop", "adamw")
 SELECT_BY: tuple[str, ...] = ("auto", "dice", "v_rand")
 VAL_SPLITS: tuple[str, ...] = ("auto", "slices", "regions")
 LR_SCHEDULES: tuple[str, ...] = ("inverse_time", "budget_cosine")
+LOSS_CHOICES: tuple[str, ...] = ("auto", "dice", "bce_dice")
+#: fewer annotated slices than this is "few labels": validation on a band of every slice,
+#: intensity jitter and BCE + Dice unless the config says otherwise (BENCHMARKS.md 1c)
+FEW_SLICES = 8
+FEW_LABELS_INTENSITY = 0.5
 #: epoch limit of a run given no time budget and no ``epochs``
 DEFAULT_EPOCHS = 200
 
@@ -105,7 +110,9 @@ class AugmentConfig:
     elastic: bool = True
     elastic_grid: int = 3  # control points per side of the UNet-style spline warp
     elastic_sigma: float = 10.0  # displacement std of control points, in pixels
-    intensity: float = 0.0  # optional random contrast/brightness jitter (0 = off, as in the paper)
+    # random contrast/brightness jitter of each crop (0 = off, as in the paper); None = auto:
+    # FEW_LABELS_INTENSITY when fewer than FEW_SLICES slices are annotated, else 0
+    intensity: float | None = None
 
 
 @dataclass
@@ -122,7 +129,9 @@ class DataConfig:
 class TrainConfig:
     """Optimisation recipe; defaults follow the paper's EM experiment."""
 
-    loss: str = "dice"  # "dice" (eq. 2) or "bce_dice"
+    # "dice" (eq. 2), "bce_dice", or "auto": bce_dice when fewer than FEW_SLICES slices are
+    # annotated, else dice (training.resolve_few_label_settings)
+    loss: str = "auto"
     lr: float = 1e-3
     lr_decay: float = 1e-3  # Keras inverse-time decay per iteration: lr / (1 + decay * it)
     # "inverse_time": Keras' decay above (the paper); "budget_cosine": with max_minutes, the
@@ -167,8 +176,8 @@ class TrainConfig:
     inference_tile: int = 512
 
     def __post_init__(self) -> None:
-        if self.loss not in ("dice", "bce_dice"):
-            raise InputError(f"unknown loss {self.loss!r}; choose 'dice' or 'bce_dice'")
+        if self.loss not in LOSS_CHOICES:
+            raise InputError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSS_CHOICES)}")
         for name, allowed in (("weight_decay_mode", WEIGHT_DECAY_MODES),
                               ("optimizer", OPTIMIZERS), ("select_by", SELECT_BY),
                               ("val_split", VAL_SPLITS), ("lr_schedule", LR_SCHEDULES)):

@@ -30,7 +30,7 @@ import torch
 
 from .augment import CropSampler, SliceData
 from .checkpoint import config_of, read_checkpoint, save_checkpoint
-from .config import DEFAULT_EPOCHS, Config, same_network
+from .config import DEFAULT_EPOCHS, FEW_LABELS_INTENSITY, FEW_SLICES, Config, same_network
 from .device import is_out_of_memory, resolve_device, use_amp, use_channels_last_for_training
 from .distributed import DistContext
 from .errors import CheckpointError, InputError, OutOfMemoryError, TrainingError
@@ -222,7 +222,7 @@ def choose_validation(
     train_s, val_s = split_slices(annotated, val_fraction, seed)
     mode = val_split
     if mode == "auto":
-        mode = "slices" if len(val_s) >= MIN_VAL_SLICES or val_fraction == 0 else "regions"
+        mode = "slices" if len(annotated) >= FEW_SLICES or val_fraction == 0 else "regions"
     if mode == "slices" or val_fraction == 0:
         return ValidationSplit(train_s, val_s)
     rng = random.Random(seed)
@@ -232,6 +232,30 @@ def choose_validation(
         x0 = rng.randrange(0, width - band + 1)
         regions[int(z)] = (x0, x0 + band)
     return ValidationSplit(list(annotated), list(annotated), regions)
+
+
+def resolve_few_label_settings(cfg: Config, n_annotated: int) -> Config:
+    """``augment.intensity: None`` and ``train.loss: auto`` made concrete for ``n_annotated``.
+
+    With fewer than :data:`~napari_fcres.config.FEW_SLICES` annotated slices the crops'
+    brightness and contrast are jittered (a few slices span a narrow intensity range, and the
+    slices to segment may be brighter) and the loss is BCE + Dice; with more, the paper's
+    recipe (no jitter, Dice).  Measured on ISBI with 3 painted slices (BENCHMARKS.md 1c).
+    """
+    few = n_annotated < FEW_SLICES
+    aug, t = cfg.augment, cfg.train
+    changes = {}
+    if aug.intensity is None:
+        aug = dataclasses.replace(aug, intensity=FEW_LABELS_INTENSITY if few else 0.0)
+        changes["augment.intensity"] = aug.intensity
+    if t.loss == "auto":
+        t = dataclasses.replace(t, loss="bce_dice" if few else "dice")
+        changes["train.loss"] = t.loss
+    if changes:
+        log.info("%d annotated slice(s)%s: %s", n_annotated,
+                 f" (fewer than {FEW_SLICES})" if few else "",
+                 ", ".join(f"{k} {v}" for k, v in changes.items()))
+    return dataclasses.replace(cfg, augment=aug, train=t)
 
 
 def split_slices(annotated: Sequence[int], val_fraction: float, seed: int) -> tuple[list, list]:
@@ -340,6 +364,7 @@ def train(
     data = prepare_data(image, labels, cfg)
     if data.crop_size != cfg.train.crop_size:
         cfg = replace_train(cfg, crop_size=data.crop_size)
+    cfg = resolve_few_label_settings(cfg, len(data.annotated))
     if resume:  # the run's stored config; only harmless changes (napari_fcres.runs)
         cfg = resume_config(out_dir, cfg)
     device = dist.device if dist.enabled and dist.device else resolve_device(cfg.train.device)
