@@ -296,6 +296,9 @@ def run_torch_em(
             log.info("torch-em: budget reached at epoch %d", trainer._epoch)
         train_s = time.perf_counter() - start
     best = Path(trainer.checkpoint_folder) / "best.pt"
+    # torch-em's own checkpoint, written just above by this process into run_dir (never a
+    # file from elsewhere); torch-em saves its trainer's init data (loader and model
+    # arguments, which may be classes) and reads it back with weights_only=False itself
     state = torch.load(best, map_location=device, weights_only=False)
     prefix = "_orig_mod."  # a compiled model's keys
     model.load_state_dict({k.removeprefix(prefix): v for k, v in state["model_state"].items()})

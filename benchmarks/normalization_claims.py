@@ -41,6 +41,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -195,6 +196,9 @@ def train_task(spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"storage": spec["storage"], "arch": spec["arch"],
                            "run_dir": str(run_dir), "diverged": False, "error": None}
     log.info("training %s (%s, %.2f min)", name, spec["preset"], spec["budget_minutes"])
+    if run_dir.exists():  # this benchmark's own output of an earlier call: train anew
+        log.info("removing the earlier run in %s", run_dir)
+        shutil.rmtree(run_dir)
     start = time.perf_counter()
     try:
         run_training(cfg, data["train_image"], data["train_labels"], run_dir)

@@ -29,7 +29,7 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -459,7 +459,12 @@ def _validate(package: Path, perform_io_checks: bool = True) -> None:
 
 
 def _read_package(package: Path) -> tuple[dict[str, Any], Any]:
-    """``rdf.yaml`` and a file reader of a zip, a folder or an rdf.yaml path."""
+    """``rdf.yaml`` and a file reader of a zip, a folder or an rdf.yaml path.
+
+    The reader takes a name from ``rdf.yaml`` and reads that file of the package only: an
+    absolute name, one with ``..`` or a drive, or (in a folder) one that leads outside the
+    package through a symbolic link is refused with :class:`CheckpointError`.
+    """
     if not package.exists():
         raise InputError(f"bioimage.io package not found: {package}")
     if package.is_file() and zipfile.is_zipfile(package):
@@ -468,13 +473,48 @@ def _read_package(package: Path) -> tuple[dict[str, Any], Any]:
         rdf_name = next((n for n in ("rdf.yaml", "bioimageio.yaml") if n in names), None)
         if rdf_name is None:
             raise InputError(f"{package} holds no rdf.yaml; not a bioimage.io package")
-        return yaml.safe_load(zf.read(rdf_name)), zf.read
+
+        def read_member(name: Any) -> bytes:
+            return zf.read(_package_name(package, name))
+
+        return _rdf_mapping(package, zf.read(rdf_name)), read_member
     folder = package if package.is_dir() else package.parent
     rdf_path = package if package.is_file() else next(
         (folder / n for n in ("rdf.yaml", "bioimageio.yaml") if (folder / n).exists()), None)
     if rdf_path is None:
         raise InputError(f"{package} holds no rdf.yaml; not a bioimage.io package")
-    return yaml.safe_load(rdf_path.read_text()), lambda name: (folder / name).read_bytes()
+    root = folder.resolve()
+
+    def read_file(name: Any) -> bytes:
+        path = (folder / _package_name(package, name)).resolve()
+        if not path.is_relative_to(root):
+            raise CheckpointError(f"{package}: {name!r} in rdf.yaml leads outside the package "
+                                  "(a symbolic link); refused")
+        return path.read_bytes()
+
+    return _rdf_mapping(package, rdf_path.read_bytes()), read_file
+
+
+def _package_name(package: Path, name: Any) -> str:
+    """``name`` (from rdf.yaml) if it names a file inside the package, else CheckpointError."""
+    text = str(name) if isinstance(name, str) else ""
+    parts = PurePosixPath(text.replace("\\", "/")).parts
+    if not text or text.startswith(("/", "\\")) or ":" in text or ".." in parts:
+        raise CheckpointError(f"{package}: {name!r} in rdf.yaml does not name a file inside the "
+                              "package (absolute, '..' or not a name); refused")
+    return text
+
+
+def _rdf_mapping(package: Path, raw: bytes) -> dict[str, Any]:
+    """The rdf.yaml mapping (``yaml.safe_load``: plain values only), or a one-line error."""
+    try:
+        rdf = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise InputError(f"{package}: rdf.yaml is not valid YAML: "
+                         + " ".join(str(exc).split())) from None
+    if not isinstance(rdf, dict):
+        raise InputError(f"{package}: rdf.yaml holds no mapping; not a bioimage.io package")
+    return rdf
 
 
 def import_bioimageio(
@@ -489,20 +529,24 @@ def import_bioimageio(
     """
     package, out = Path(package), Path(out)
     rdf, read = _read_package(package)
-    cfg = (rdf.get("config") or {}).get("napari_fcres") if isinstance(rdf, dict) else None
-    if not cfg or "configs" not in cfg:
+    cfg = (rdf.get("config") or {}).get("napari_fcres") if isinstance(rdf.get("config"), dict) \
+        else None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("configs"), list):
         raise CheckpointError(
             f"{package} was not exported by napari-fcres (no config.napari_fcres in rdf.yaml); "
             "only packages written by `fcres export-bioimageio` can be imported"
         )
-    weights = rdf.get("weights", {}).get("pytorch_state_dict")
-    if not weights:
+    weights = (rdf.get("weights") or {}).get("pytorch_state_dict")
+    if not isinstance(weights, dict) or "source" not in weights:
         raise CheckpointError(f"{package} has no pytorch_state_dict weights")
-    try:
-        state = torch.load(io.BytesIO(read(weights["source"])), map_location="cpu",
-                           weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - damaged or missing weights
-        raise CheckpointError(f"cannot read the weights of {package}: {exc}") from None
+    raw = read(weights["source"])  # refused when it names a file outside the package
+    try:  # weights_only: tensors and plain values, never code
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - damaged weights, or ones that would run code
+        raise CheckpointError(f"cannot read the weights of {package}: "
+                              + " ".join(str(exc).split())[:300]) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"the weights of {package} are not a state dict")
     configs = cfg["configs"]
     scores = cfg.get("best_val_dice", [-1.0] * len(configs))
     if member is not None and not 0 <= member < len(configs):
@@ -524,9 +568,12 @@ def import_bioimageio(
                    "imported_from": str(package), "history": []}
         return save_checkpoint(path, payload)
 
-    if len(chosen) == 1:
-        path = best_path(out) if out.is_dir() or out.suffix == "" else out
-        return write(chosen[0], path)
-    for k in chosen:
-        write(k, best_path(out, k))
-    return out
+    targets = ([best_path(out) if out.is_dir() or out.suffix == "" else out]
+               if len(chosen) == 1 else [best_path(out, k) for k in chosen])
+    taken = [t for t in targets if t.exists()]
+    if taken:  # never replace a checkpoint that is there
+        raise InputError(f"{taken[0]} already exists; import into another --out (nothing was "
+                         "replaced)")
+    for k, path in zip(chosen, targets, strict=True):
+        write(k, path)
+    return targets[0] if len(chosen) == 1 else out

@@ -245,7 +245,7 @@ def predict_chunked(
             "files (or training folders) instead of model objects"
         )
     if paths:
-        from .checkpoint import find_checkpoints
+        from .runs import find_checkpoints
 
         paths = [p.resolve() for p in find_checkpoints(paths)]
         model_list = load_models(paths, device=device)

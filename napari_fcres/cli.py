@@ -157,6 +157,12 @@ def _train_settings(args: argparse.Namespace) -> tuple[dict[str, Any] | None, di
             base = yaml.safe_load(Path(args.config).read_text()) or {}
         except FileNotFoundError:
             raise InputError(f"config file not found: {args.config}") from None
+        except yaml.YAMLError as exc:
+            raise InputError(f"config file {args.config} is not valid YAML: "
+                             + " ".join(str(exc).split())) from None
+        if not isinstance(base, dict):
+            raise InputError(f"config file {args.config} must hold a mapping, not "
+                             f"{type(base).__name__}")
         base.pop("run", None)  # data paths of training/*.yaml, read by training/train.py
     overrides: dict[str, Any] = {k: getattr(args, k, None) for k in TRAIN_KEYS + DATA_KEYS}
     overrides["freeze_fcresnet"] = True if args.freeze_fcresnet else None  # flags: on or unset
@@ -171,6 +177,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .distributed import init_from_env
     from .training import train
 
+    if args.resume and args.overwrite:
+        raise InputError("--resume and --overwrite exclude each other: continue the run in "
+                         "--out, or move it aside and start over")
     if args.resume:  # the run's stored config; train() refuses flags that change it
         from .resume import resume_request
 
@@ -185,8 +194,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     log.info("training %s/%s on %s %s, %d member(s) -> %s", cfg.model.preset,
              cfg.model.architecture, image.shape, image.dtype, cfg.train.ensemble, args.out)
     dist = init_from_env(cfg.train.device)  # torchrun: DDP over WORLD_SIZE ranks
-    gen = train(cfg, image, labels, args.out, resume=args.resume, init_checkpoint=args.init,
-                dist=dist, ensemble_parallel=args.ensemble_parallel)
+    gen = train(cfg, image, labels, args.out, resume=args.resume, overwrite=args.overwrite,
+                init_checkpoint=args.init, dist=dist, ensemble_parallel=args.ensemble_parallel)
     name = "Dice"  # of the score that keeps the best checkpoint, as the members report it
     # the bar is drawn at the first report, once the inputs have been validated
     with TrainBar(cfg.train.max_minutes, disable=args.quiet or not dist.is_main) as bar:
@@ -489,7 +498,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 log.info("epoch %d step %d loss %.4f", p.epoch + 1, p.step, p.loss)
 
     result = run_training(cfg, image[:n_train], labels[:n_train], out / "model",
-                          on_progress=report)
+                          on_progress=report, overwrite=args.overwrite)
     from .checkpoint import load_model
 
     model, _ = load_model(result.best_checkpoints[0])
@@ -603,7 +612,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"continue the run in --out from its {LAST_NAME}, with the config stored "
                         "there; other flags may change only --epochs, --max-minutes, "
                         "--patience and --device (anything else is refused)")
-    s.add_argument("--init", help="fine-tune from this checkpoint")
+    s.add_argument("--overwrite", action="store_true",
+                   help="--out already holds a run: move it aside to OUT.old-DATE-TIME (never "
+                        "deleted) and start a new one there (without it such a folder is "
+                        "refused)")
+    s.add_argument("--init", help="fine-tune from this checkpoint (a file, or a run folder "
+                                   f"with one {BEST_NAME})")
     s.add_argument("--freeze-fcresnet", action="store_true",
                    help="with --init: adapt only the pre-processor")
     s.add_argument("--ensemble-parallel", action="store_true",
@@ -667,6 +681,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=200)
     s.add_argument("--device", default="auto")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true",
+                   help="OUT/model already holds a run: move it aside (never deleted) and "
+                        "train anew")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("export-bioimageio",

@@ -46,20 +46,23 @@ def train_job(
     resume: bool,
     init_checkpoint: str | None,
     stop: StopFlag,
+    overwrite: bool = False,
 ) -> Generator[TrainProgress, None, TrainResult]:
     """Finish the config from the checkpoint, then train (yields training progress).
 
     On resume ``cfg`` is already the run's stored config with the widget's settings laid
     over it (:func:`~napari_fcres.resume.resume_request`); ``train`` refuses it if they
-    change more than the harmless keys.
+    change more than the harmless keys.  ``overwrite`` moves a run already in ``out_dir``
+    aside (:func:`~napari_fcres.runs.claim_for_new_run`); without it such a folder is refused.
     """
     from .checkpoint import config_of, read_checkpoint
+    from .runs import checkpoint_file
     from .training import train
 
     if resume:
         init_checkpoint = None  # the run's resumable saves carry the weights
     elif init_checkpoint:
-        model = config_of(read_checkpoint(init_checkpoint)).model
+        model = config_of(read_checkpoint(checkpoint_file(init_checkpoint))).model
         if cfg.train.freeze_fcresnet and model.architecture != "pipeline":
             raise InputError(
                 f"{init_checkpoint} holds a {model.architecture!r} model; adapting only the "
@@ -67,8 +70,8 @@ def train_job(
             )
         cfg = dataclasses.replace(cfg, model=model)
     result = yield from train(
-        cfg, image, labels, out_dir, resume=resume, init_checkpoint=init_checkpoint,
-        should_stop=stop.is_set,
+        cfg, image, labels, out_dir, resume=resume, overwrite=overwrite,
+        init_checkpoint=init_checkpoint, should_stop=stop.is_set,
     )
     return result
 
@@ -239,8 +242,9 @@ def inspect_job(
     """Run the model on each slice; yields ``(done, total)``."""
     from .checkpoint import load_model
     from .inference import predict
+    from .runs import checkpoint_file
 
-    model, ckpt = load_model(checkpoint, device=device)
+    model, ckpt = load_model(checkpoint_file(checkpoint), device=device)
     arch = ckpt.get("architecture", "")
     h, w = stack.shape[-2:]
     normalized = np.zeros((len(slices), h, w), dtype=np.float32)

@@ -79,6 +79,28 @@ def _zarr_format(version: str) -> int:
     return 2 if version == "0.4" else 3
 
 
+def _reading_zarr() -> Any:
+    """The zarr module, if it reads stores safely: zarr-python 2 unpickles 'pickle' codecs."""
+    import zarr
+
+    if int(str(zarr.__version__).split(".")[0]) < 3:
+        raise InputError(f"reading zarr needs zarr-python >= 3 (installed: {zarr.__version__}; "
+                         "older versions may unpickle, i.e. run, data stored in a file): "
+                         "pip install -U zarr")
+    return zarr
+
+
+def _store_name(path: Path, name: Any, what: str) -> str:
+    """A dataset path or label name from a store's metadata, if it stays inside the store."""
+    text = name if isinstance(name, str) else ""
+    parts = text.replace("\\", "/").split("/")
+    if not text or text.startswith(("/", "\\")) or ":" in text or \
+            any(part in ("", ".", "..") for part in parts):
+        raise InputError(f"{path}: {what} {name!r} in its metadata does not name a node inside "
+                         "the store; refused")
+    return text
+
+
 def _ome_attrs(group: Any) -> tuple[dict[str, Any], str | None]:
     """The OME metadata of a group (0.5: under ``ome``) and its NGFF version."""
     attrs = dict(group.attrs)
@@ -249,8 +271,8 @@ def read_ome_zarr(path: str | Path) -> tuple[list[Any], dict[str, Any]]:
     opens its first label image.
     """
     import dask.array as da
-    import zarr
 
+    zarr = _reading_zarr()
     p = Path(path)
     if not p.exists():
         raise InputError(f"{str(p)!r} does not exist")
@@ -267,7 +289,8 @@ def read_ome_zarr(path: str | Path) -> tuple[list[Any], dict[str, Any]]:
     meta, version = _ome_attrs(node)
     labels: list[str] = []
     if "labels" in node:
-        labels = list(_ome_attrs(node["labels"])[0].get("labels", []))
+        labels = [_store_name(p, n, "label image")
+                  for n in _ome_attrs(node["labels"])[0].get("labels", [])]
     multiscales = meta.get("multiscales")
     if not multiscales:
         if labels:
@@ -284,7 +307,7 @@ def read_ome_zarr(path: str | Path) -> tuple[list[Any], dict[str, Any]]:
     levels, scales, datasets = [], [], []
     for ds in ms.get("datasets", []):
         try:
-            arr = node[ds["path"]]
+            arr = node[_store_name(p, ds.get("path"), "dataset")]
         except KeyError:
             raise InputError(f"{p}: dataset {ds['path']!r} listed but missing") from None
         levels.append(da.from_zarr(arr))
@@ -319,8 +342,7 @@ def spatial_level(
     raises :class:`InputError`.  The array is the zarr array itself when it has
     only space axes (cheap to pickle for dask workers), else a dask view.
     """
-    import zarr
-
+    zarr = _reading_zarr()
     levels, meta = read_ome_zarr(path)
     arr = levels[level]
     axes = meta.get("axes") or [{"name": f"dim_{i}", "type": "space"} for i in range(arr.ndim)]
@@ -388,8 +410,7 @@ def ngff_version_for(path: str | Path) -> str:
 
 def ome_zarr_label_names(path: str | Path) -> tuple[bool, list[str]]:
     """``(has_image, label names)`` of an OME-Zarr store (``(False, [])`` for other zarr)."""
-    import zarr
-
+    zarr = _reading_zarr()
     try:
         node = zarr.open(str(path), mode="r")
     except Exception:  # noqa: BLE001 - unreadable: read_ome_zarr reports it
@@ -399,5 +420,6 @@ def ome_zarr_label_names(path: str | Path) -> tuple[bool, list[str]]:
     meta, _ = _ome_attrs(node)
     names: list[str] = []
     if "labels" in node:
-        names = [str(n) for n in _ome_attrs(node["labels"])[0].get("labels", [])]
+        names = [_store_name(Path(path), n, "label image")
+                 for n in _ome_attrs(node["labels"])[0].get("labels", [])]
     return bool(meta.get("multiscales")), names

@@ -6,13 +6,16 @@ A run folder (``fcres train --out``, the Train widget's output folder) holds::
     member_00/best.pt      member 0's best validation checkpoint, for prediction (BEST_NAME)
     member_00/last.pt      everything needed to resume member 0 (LAST_NAME)
     member_01/...          one folder per ensemble member (member_dir)
+    .fcres-train.lock      while a training writes here: who (LOCK_NAME, napari_fcres.run_lock)
 
 This module is the only one that knows these names.  It finds checkpoints (a folder
 contributes every best checkpoint below it, never a last one; a file is taken as it is),
-loads an ensemble, picks a fresh default folder for a new run and holds the rules that
-derive a resumed run's configuration from its folder: the stored configuration, with only
-the keys in :data:`RESUME_CHANGEABLE` allowed to change.  A folder without any last
-checkpoint has nothing to resume, and says so.
+resolves a folder to its one checkpoint file (:func:`checkpoint_file`), loads an ensemble,
+picks a fresh default folder for a new run and holds the rules that derive a resumed run's
+configuration from its folder: the stored configuration, with only the keys in
+:data:`RESUME_CHANGEABLE` allowed to change.  A folder without any last checkpoint has
+nothing to resume, and says so.  A new run never lands on a finished one: a folder holding
+checkpoints is refused unless the old run is moved aside first (:func:`claim_for_new_run`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ BEST_NAME = "best.pt"
 LAST_NAME = "last.pt"
 #: Folder of member ``k``: ``MEMBER_PREFIX`` + two digits.
 MEMBER_PREFIX = "member_"
+#: The lock file of the training writing into a run folder (napari_fcres.run_lock).
+LOCK_NAME = ".fcres-train.lock"
+#: A run moved aside by ``--overwrite`` goes to the sibling ``NAME`` + this + a timestamp.
+ASIDE_INFIX = ".old-"
 #: The layout in words, for help texts and tooltips.
 LAYOUT = f"{CONFIG_NAME} and {MEMBER_PREFIX}KK/{BEST_NAME}, {LAST_NAME}"
 
@@ -83,6 +90,11 @@ def config_path(run: str | Path) -> Path:
     return Path(run) / CONFIG_NAME
 
 
+def lock_path(run: str | Path) -> Path:
+    """``run/.fcres-train.lock``."""
+    return Path(run) / LOCK_NAME
+
+
 def run_dir_of(checkpoint: str | Path) -> Path:
     """The run folder of ``<run>/member_KK/<file>`` (else the file's own folder)."""
     parent = Path(checkpoint).parent
@@ -92,6 +104,12 @@ def run_dir_of(checkpoint: str | Path) -> Path:
 def last_checkpoints(run: str | Path) -> list[Path]:
     """The resumable ``member_KK/last.pt`` files of a run folder, sorted."""
     return sorted(Path(run).glob(f"{MEMBER_PREFIX}*/{LAST_NAME}"))
+
+
+def run_checkpoints(run: str | Path) -> list[Path]:
+    """Every ``member_KK/best.pt`` and ``member_KK/last.pt`` of a run folder, sorted."""
+    run = Path(run)
+    return sorted([*run.glob(f"{MEMBER_PREFIX}*/{BEST_NAME}"), *last_checkpoints(run)])
 
 
 def holds_run(path: str | Path) -> bool:
@@ -128,6 +146,50 @@ def unused_dir(path: str | Path) -> Path:
     while (path.parent / f"{path.name}-{i}").exists():
         i += 1
     return path.parent / f"{path.name}-{i}"
+
+
+def claim_for_new_run(run: str | Path, *, overwrite: bool = False) -> Path | None:
+    """Make ``run`` ready for a new (not resumed) run; the old run's new folder, if moved.
+
+    A folder holding checkpoints of a run is refused (:class:`InputError` naming it)
+    unless ``overwrite``: then everything in it but the lock moves to a sibling
+    ``NAME.old-YYYYmmdd-HHMMSS`` (:func:`move_aside`), nothing is deleted.  A folder with
+    only a ``config.yaml`` (a run stopped before its first checkpoint) or other files is
+    used as it is.  Call it holding the folder's lock (:mod:`napari_fcres.run_lock`).
+    """
+    run = Path(run)
+    found = run_checkpoints(run) if run.is_dir() else []
+    if not found:
+        return None
+    if not overwrite:
+        shown = ", ".join(str(p.relative_to(run)) for p in found[:2])
+        more = f" and {len(found) - 2} more" if len(found) > 2 else ""
+        raise InputError(
+            f"{run} already holds a run ({shown}{more}); continue it with --resume (Resume "
+            "in the Train widget), start over with --overwrite (the old run is moved to "
+            f"{run.name}{ASIDE_INFIX}DATE-TIME beside it), or train into another folder"
+        )
+    return move_aside(run)
+
+
+def move_aside(run: str | Path) -> Path:
+    """Move everything in ``run`` but its lock to a new sibling ``NAME.old-YYYYmmdd-HHMMSS``.
+
+    Returns the sibling.  Renames only (same file system): nothing is copied or deleted.
+    """
+    run = Path(run)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = run.parent / f"{run.name}{ASIDE_INFIX}{stamp}"
+    i = 2
+    while aside.exists():
+        aside = run.parent / f"{run.name}{ASIDE_INFIX}{stamp}-{i}"
+        i += 1
+    aside.mkdir()
+    for entry in sorted(run.iterdir()):
+        if entry.name != LOCK_NAME:
+            os.replace(entry, aside / entry.name)
+    log.warning("moved the previous run in %s aside to %s (--overwrite)", run, aside)
+    return aside
 
 
 # ----------------------------------------------------------------------------- finding
@@ -167,6 +229,12 @@ def single_checkpoint(folder: str | Path) -> Path:
     return candidates[0]
 
 
+def checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint file ``path`` names: a file as it is, a folder's one ``best.pt``."""
+    path = Path(path)
+    return single_checkpoint(path) if path.is_dir() else path
+
+
 # ----------------------------------------------------------------------------- loading
 
 
@@ -204,7 +272,7 @@ def init_model_config(checkpoint: str | Path) -> dict[str, Any]:
     """The ``model`` section a fine-tuning run takes from ``checkpoint`` (its network)."""
     from .checkpoint import config_of, read_checkpoint
 
-    return config_of(read_checkpoint(checkpoint)).to_dict()["model"]
+    return config_of(read_checkpoint(checkpoint_file(checkpoint))).to_dict()["model"]
 
 
 # ----------------------------------------------------------------------------- resuming

@@ -21,6 +21,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Generator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,14 +40,18 @@ from .io import as_binary_labels, check_image_labels, validate_image
 from .losses import LOSSES
 from .models import NormalizedFCResNet, Pipeline, SegmentationModel, build_model
 from .optim import build_optimizer
+from .run_lock import acquire_run_lock
 from .runs import (
     BEST_NAME,
     LAST_NAME,
     RESUME_CHANGEABLE,
+    checkpoint_file,
+    claim_for_new_run,
     config_differences,
     member_dir,
     remove_stale_temp_files,
     resume_config,
+    stored_config,
     write_run_config,
 )
 from .selection import (
@@ -99,6 +104,7 @@ class TrainResult:
     stopped: bool = False
     metric: str = "dice"
     warnings: list[str] = field(default_factory=list)  # e.g. a member that learned nothing
+    moved_aside: Path | None = None  # where ``overwrite`` moved the folder's previous run
 
 
 @dataclass
@@ -300,17 +306,30 @@ def _lr_lambda(
 
 
 def _rng_state(gen: torch.Generator) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-             "python": random.getstate(), "sampler": gen.get_state()}
+    """Every random state of this process as tensors and plain values (weights-only loadable)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, py_gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(), "sampler": gen.get_state(),
+             "numpy": {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
+                        "gauss": py_gauss}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
+    """Restore :func:`_rng_state` (or the NumPy / Python tuples of older checkpoints)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    np_state, py_state = state["numpy"], state["python"]
+    if isinstance(np_state, dict):
+        np_state = (np_state["kind"], np_state["key"].numpy().astype(np.uint32), np_state["pos"],
+                    np_state["has_gauss"], np_state["gauss"])
+    np.random.set_state(np_state)
+    if isinstance(py_state, dict):
+        py_state = (py_state["version"], tuple(py_state["state"].tolist()), py_state["gauss"])
+    random.setstate(py_state)
     gen.set_state(state["sampler"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -344,6 +363,7 @@ def train(
     out_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     init_checkpoint: str | Path | None = None,
     should_stop: Callable[[], bool] | None = None,
     dist: DistContext | None = None,
@@ -351,13 +371,43 @@ def train(
 ) -> Generator[TrainProgress, None, TrainResult]:
     """Train ``config.train.ensemble`` models; yields progress, returns a :class:`TrainResult`.
 
-    ``resume`` continues each member from its last checkpoint; ``init_checkpoint``
-    fine-tunes from trained weights (``config.train.freeze_fcresnet`` then adapts
-    only the pre-processor).  ``dist`` (from
-    :func:`~napari_fcres.distributed.init_from_env`) trains each member with DDP
-    over all ranks, or with ``ensemble_parallel`` member k alone on rank
-    k % world_size.
+    ``resume`` continues each member from its last checkpoint; without it a folder that
+    holds a run is refused, unless ``overwrite`` moves that run aside first
+    (:func:`~napari_fcres.runs.claim_for_new_run`).  The folder is locked for the whole
+    run: a second training into it fails at once (:mod:`napari_fcres.run_lock`).
+    ``init_checkpoint`` (a file, or a folder with one best checkpoint) fine-tunes from
+    trained weights (``config.train.freeze_fcresnet`` then adapts only the pre-processor).
+    ``dist`` (from :func:`~napari_fcres.distributed.init_from_env`) trains each member with
+    DDP over all ranks, or with ``ensemble_parallel`` member k alone on rank k % world_size.
     """
+    if resume and overwrite:
+        raise InputError("resume and overwrite exclude each other: continue the run in the "
+                         "folder, or move it aside and start over")
+    dist = dist or DistContext()
+    if resume:
+        stored_config(out_dir)  # "nothing to resume in ..." before anything is written
+    lock = acquire_run_lock(out_dir) if dist.is_main else nullcontext()
+    with lock:
+        return (yield from _train(config, image, labels, out_dir, resume=resume,
+                                  overwrite=overwrite, init_checkpoint=init_checkpoint,
+                                  should_stop=should_stop, dist=dist,
+                                  ensemble_parallel=ensemble_parallel))
+
+
+def _train(
+    config: Config,
+    image: np.ndarray,
+    labels: np.ndarray,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    init_checkpoint: str | Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    dist: DistContext | None = None,
+    ensemble_parallel: bool = False,
+) -> Generator[TrainProgress, None, TrainResult]:
+    """:func:`train`, holding the folder's lock."""
     out_dir = Path(out_dir)
     cfg = config
     dist = dist or DistContext()
@@ -370,7 +420,7 @@ def train(
     device = dist.device if dist.enabled and dist.device else resolve_device(cfg.train.device)
     init_state = None
     if init_checkpoint is not None:
-        init = read_checkpoint(init_checkpoint)
+        init = read_checkpoint(checkpoint_file(init_checkpoint))
         init_cfg = config_of(init)
         if not same_network(init_cfg.model, cfg.model):
             raise CheckpointError(
@@ -381,10 +431,12 @@ def train(
         init_state = init["model_state"]
     if cfg.train.freeze_fcresnet and cfg.model.architecture != "pipeline":
         raise InputError("freezing the FC-ResNet needs the 'pipeline' architecture")
+    moved = None if resume or not dist.is_main else \
+        claim_for_new_run(out_dir, overwrite=overwrite)  # never over a finished run
     out_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main:
         write_run_config(out_dir, cfg)
-    result = TrainResult(out_dir, metric=data.metric)
+    result = TrainResult(out_dir, metric=data.metric, moved_aside=moved)
     k_members = cfg.train.ensemble
     parallel = ensemble_parallel and dist.enabled
     sequential = math.ceil(k_members / dist.world_size) if parallel else k_members

@@ -25,6 +25,7 @@ from napari_fcres.cli import main
 from napari_fcres.config import preset_config
 from napari_fcres.errors import CheckpointError, InputError
 from napari_fcres.inference import predict
+from napari_fcres.models import build_model
 from napari_fcres.sample_data import synthetic_em_stack
 from napari_fcres.training import run_training
 
@@ -146,3 +147,69 @@ def test_export_needs_no_bioimageio(trained, tmp_path, monkeypatch):
     ckpt = next((trained / "run" / "pipeline").glob("**/best.pt"))
     path = export_bioimageio(ckpt, tmp_path / "p.zip", test_size=32, torchscript=False)
     assert zipfile.is_zipfile(path)
+
+
+# ----------------------------------------------------------------------------- untrusted packages
+
+def _package_folder(folder, source: str) -> tuple:
+    """A minimal importable package in ``folder`` whose weights are named ``source``."""
+    cfg = preset_config("tiny")
+    state = {f"members.0.{k}": v for k, v in build_model(cfg.model).state_dict().items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    rdf = {"type": "model", "config": {"napari_fcres": {"configs": [cfg.to_dict()]}},
+           "weights": {"pytorch_state_dict": {"source": source}}}
+    (folder / "rdf.yaml").write_text(yaml.safe_dump(rdf))
+    return rdf, state
+
+
+def test_names_in_rdf_that_leave_the_package_are_refused(tmp_path):
+    outside = tmp_path / "outside.pt"  # valid weights: only the name decides
+    pkg = tmp_path / "pkg"
+    _, state = _package_folder(pkg, "weights.pt")
+    torch.save(state, outside)
+    torch.save(state, pkg / "weights.pt")
+    assert import_bioimageio(pkg, tmp_path / "ok.pt").exists()  # the honest package imports
+    for source in ("../outside.pt", str(outside), "sub/../../outside.pt", "C:/outside.pt"):
+        _package_folder(pkg, source)
+        with pytest.raises(CheckpointError, match="inside the package.*refused") as err:
+            import_bioimageio(pkg, tmp_path / "x.pt")
+        assert "\n" not in str(err.value)
+    (pkg / "link.pt").symlink_to(outside)  # a symbolic link out of the package
+    _package_folder(pkg, "link.pt")
+    with pytest.raises(CheckpointError, match="leads outside the package"):
+        import_bioimageio(pkg, tmp_path / "x.pt")
+    # a zip: the same names are refused before anything is read
+    rdf, _ = _package_folder(tmp_path / "z", "../outside.pt")
+    with zipfile.ZipFile(tmp_path / "pkg.zip", "w") as zf:
+        zf.writestr("rdf.yaml", yaml.safe_dump(rdf))
+        zf.writestr("../outside.pt", outside.read_bytes())
+    with pytest.raises(CheckpointError, match="inside the package"):
+        import_bioimageio(tmp_path / "pkg.zip", tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the crafted file runs a POSIX shell command")
+def test_package_weights_that_would_run_code_are_refused(tmp_path):
+    marker = tmp_path / "MARKER"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    pkg = tmp_path / "pkg"
+    _package_folder(pkg, "weights.pt")
+    torch.save({"members.0.x": RunsCode()}, pkg / "weights.pt")
+    with pytest.raises(CheckpointError, match="cannot read the weights"):
+        import_bioimageio(pkg, tmp_path / "x.pt")
+    assert not marker.exists() and not (tmp_path / "x.pt").exists()
+
+
+def test_import_never_replaces_a_checkpoint(tmp_path):
+    pkg = tmp_path / "pkg"
+    _, state = _package_folder(pkg, "weights.pt")
+    torch.save(state, pkg / "weights.pt")
+    target = tmp_path / "mine.pt"
+    target.write_bytes(b"my own checkpoint")
+    with pytest.raises(InputError, match="already exists"):
+        import_bioimageio(pkg, target)
+    assert target.read_bytes() == b"my own checkpoint"

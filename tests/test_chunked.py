@@ -215,6 +215,28 @@ def test_ome_zarr_labels_round_trip(tmp_path, version):
     np.testing.assert_array_equal(np.asarray(found[0].data[0]), labels)
 
 
+def test_ome_zarr_names_that_leave_the_store_are_refused(tmp_path):
+    """Label names and dataset paths come from a stranger's metadata: only nodes inside."""
+    create_ome_zarr_image(tmp_path / "other.zarr", (2, 16, 16), "uint8")  # a store beside it
+    image = create_ome_zarr_image(tmp_path / "img.zarr", (2, 16, 16), "uint8")
+    image[:] = 1
+    write_ome_zarr_labels(tmp_path / "img.zarr", np.ones((2, 16, 16), np.uint8), "cells")
+    labels = zarr.open_group(str(tmp_path / "img.zarr" / "labels"), mode="r+")
+    for name in ("../../other.zarr", str(tmp_path / "other.zarr"), "cells/../.."):
+        labels.attrs["labels"] = [name]
+        with pytest.raises(InputError, match="inside the store; refused"):
+            read_ome_zarr(tmp_path / "img.zarr")
+        with pytest.raises(InputError, match="inside the store"):
+            get_reader(str(tmp_path / "img.zarr"))(str(tmp_path / "img.zarr"))
+    labels.attrs["labels"] = ["cells"]
+    root = zarr.open_group(str(tmp_path / "img.zarr"), mode="r+")
+    ms = root.attrs["multiscales"]
+    ms[0]["datasets"][0]["path"] = "../other.zarr/0"
+    root.attrs["multiscales"] = ms
+    with pytest.raises(InputError, match="dataset '../other.zarr/0'.*refused"):
+        read_image(tmp_path / "img.zarr")
+
+
 def test_cli_chunked_writes_ome_zarr_labels(tmp_path, checkpoint, model, volume, capsys):
     image = create_ome_zarr_image(tmp_path / "img.zarr", volume.shape, "float32",
                                   chunks=(1, 64, 64), spacing=(2.0, 1.0, 1.0))

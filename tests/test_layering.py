@@ -111,3 +111,14 @@ def test_the_check_sees_nested_dotted_and_relative_imports():
     in_models = [m for _, m in imports_of("from ..widgets import train\n", "napari_fcres.models")]
     assert in_models == ["napari_fcres.widgets", "napari_fcres.widgets.train"]
     assert not any(is_gui(m) for m in ("napari_fcres.io", "napari_fcres", "numpy", "napari_x"))
+
+
+def test_checkpoint_files_know_nothing_of_run_folders():
+    """checkpoint.py reads and writes single files; runs.py (which uses it) resolves folders.
+
+    No import of runs.py there, nested ones included, so the two never import each other.
+    """
+    path = PACKAGE / "checkpoint.py"
+    found = [(line, m) for line, m in file_imports(path)
+             if m == "napari_fcres.runs" or m.startswith("napari_fcres.runs.")]
+    assert not found, found

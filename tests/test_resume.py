@@ -195,6 +195,9 @@ def test_sigkill_mid_epoch_then_resume_continues(tmp_path, stack_files, caplog):
     caplog.set_level(logging.INFO, logger="napari_fcres")
     assert main(cli_train(stack_files, out, "--resume", "--epochs", str(epoch + 1))) == 0
     assert f"member 0 resumed at epoch {epoch}, step {20 * epoch}" in caplog.text
+    # the killed run's lock is provably free: taken over, said in the log
+    assert f"taking over the lock of a training that no longer runs (pid {proc.pid}" \
+        in caplog.text
     last = read_checkpoint(last_pt)
     assert last["finished"] and last["epoch"] == epoch + 1 and last["step"] == 20 * (epoch + 1)
     assert [h["epoch"] for h in last["history"]] == list(range(1, epoch + 2))

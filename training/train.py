@@ -5,7 +5,8 @@
 The YAML's ``run:`` section names the image, labels, optional slices and output
 folder (``isbi2012:...`` and ``sample:...`` shorthands work); the rest is the
 napari-fcres config.  This is the same training loop as ``fcres train`` and the
-napari Train widget.
+napari Train widget.  An output folder that already holds a run is refused; pass
+``--resume`` to continue it or ``--overwrite`` to move it aside and start over.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="a YAML set-up, e.g. training/isbi_em.yaml")
     parser.add_argument("--out", help="override run.out")
     args, extra = parser.parse_known_args(argv)
-    raw = yaml.safe_load(Path(args.config).read_text()) or {}
+    raw = yaml.safe_load(Path(args.config).read_text()) or {}  # plain values only
+    if not isinstance(raw, dict):
+        parser.error(f"{args.config} must hold a mapping")
     run = raw.get("run") or {}
     if "image" not in run or "labels" not in run:
         parser.error(f"{args.config} has no run.image / run.labels")

@@ -163,7 +163,7 @@ class CheckpointList(QWidget):
 
     def add_folder(self, folder: str | Path) -> list[Path]:
         """Add every best checkpoint below ``folder``; notify when there is none."""
-        from ..checkpoint import find_checkpoints
+        from ..runs import find_checkpoints
 
         try:
             found = find_checkpoints([folder])

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QMessageBox,
     QPushButton,
     QRadioButton,
     QSpinBox,
@@ -34,11 +35,13 @@ from ..errors import FcresError, InputError
 from ..jobs import train_job
 from ..labels_summary import LABEL_MODES, LabelSummary, detect_label_mode, summarize_labels
 from ..runs import (
+    ASIDE_INFIX,
     BEST_NAME,
     LAST_NAME,
     LAYOUT,
     default_output_dir,
     resume_request,
+    run_checkpoints,
     runs_root,
     stored_config,
 )
@@ -286,8 +289,9 @@ class TrainWidget(QWidget):
         form.addRow("Device", self.device_combo)
         self.output_edit = PathEdit(
             "folder",
-            tooltip=f"Folder of the run: {LAYOUT}.  Start "
-            "never overwrites a run (it picks a fresh folder); Resume continues the run here.",
+            tooltip=f"Folder of the run: {LAYOUT}.  Start never overwrites a run: on a "
+            "folder that holds one it asks whether to resume it or to move it aside and "
+            "start over; Resume continues the run here.",
         )
         self._setting_output = False
         self.output_edit.set_path(default_output_dir())
@@ -592,10 +596,17 @@ class TrainWidget(QWidget):
 
     def _launch(self, resume: bool) -> None:
         try:
+            overwrite = False
+            if not resume:  # Start on a chosen folder that holds a run: ask what to do
+                choice = self._ask_about_existing_run()
+                if choice == "cancel":
+                    return
+                resume, overwrite = choice == "resume", choice == "overwrite"
             if self.finetune_radio.isChecked() and not self.checkpoint_edit.path() and not resume:
                 raise InputError("choose the checkpoint to fine-tune (or start from scratch)")
             self._start_run(
                 self.image_combo.layer(), self.labels_combo.layer(), resume=resume,
+                overwrite=overwrite,
                 init_checkpoint=(
                     self.checkpoint_edit.path() or None
                     if self.finetune_radio.isChecked() else None
@@ -604,6 +615,36 @@ class TrainWidget(QWidget):
             )
         except FcresError as exc:
             report_error(self.status_label, exc, "Cannot start training")
+
+    def _ask_about_existing_run(self) -> str:
+        """``"new"`` unless the chosen output folder holds a run; else the user's choice.
+
+        The question offers Resume (when the run is resumable), starting over with the old
+        run moved aside (:func:`~napari_fcres.runs.move_aside`, nothing deleted) and Cancel.
+        A default folder under ``~/.napari-fcres/runs`` is never asked about: Start takes a
+        fresh one instead.
+        """
+        text = self.output_edit.path()
+        out = Path(text).expanduser() if text else None
+        if out is None or out.parent == runs_root() or not run_checkpoints(out):
+            return "new"
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Question)
+        box.setWindowTitle("The output folder holds a run")
+        box.setText(f"{out} already holds a training run.")
+        box.setInformativeText(
+            "Resume it, or start over: the old run is then moved to "
+            f"{out.name}{ASIDE_INFIX}DATE-TIME beside it (nothing is deleted)."
+        )
+        buttons = {}
+        if _resumable(out):
+            buttons[box.addButton("Resume", QMessageBox.AcceptRole)] = "resume"
+        buttons[box.addButton("Start over (move old run aside)",
+                              QMessageBox.DestructiveRole)] = "overwrite"
+        cancel = box.addButton(QMessageBox.Cancel)
+        box.setDefaultButton(cancel)
+        box.exec_()
+        return buttons.get(box.clickedButton(), "cancel")
 
     def _current_label_mode(self) -> str:
         """The mode shown, after counting any pending paint strokes."""
@@ -658,6 +699,7 @@ class TrainWidget(QWidget):
         labels_layer: Any,
         *,
         resume: bool,
+        overwrite: bool = False,
         init_checkpoint: str | None = None,
         slices: Sequence[int] | None = None,
         freeze_fcresnet: bool | None = None,
@@ -722,7 +764,7 @@ class TrainWidget(QWidget):
         else:
             if out is None:
                 out = default_output_dir()
-            elif _holds_run(out):
+            elif _holds_run(out) and not overwrite:
                 # never overwrite a run: a fresh default folder, or a numbered sibling
                 out = default_output_dir() if out.parent == runs_root() else _unused(out)
         self._set_output(out)
@@ -744,7 +786,8 @@ class TrainWidget(QWidget):
         self._run_dir = out
         desc = f"Training {cfg.model.preset} {cfg.model.architecture}"
         verb = "Resuming" if resume else "Starting"
-        self.status_label.setText(f"{verb} training into {out} ...")
+        aside = " (its previous run is moved aside)" if overwrite else ""
+        self.status_label.setText(f"{verb} training into {out}{aside} ...")
         log.info("%s training into %s (labels: %s, %s; slices=%s)", verb.lower(), out,
                  label_mode, summary.counts_text(), None if slices is None else list(slices))
         if summary.warnings:
@@ -752,7 +795,7 @@ class TrainWidget(QWidget):
         self.status_label.setFixedHeight(self._status_height)
         self._plot_timer.start()
         self.job.start(
-            train_job, cfg, image, labels, out, resume, init_checkpoint, STOP,
+            train_job, cfg, image, labels, out, resume, init_checkpoint, STOP, overwrite,
             threads=cpu_threads_for_worker(), progress_desc=desc,
             on_yield=self._on_progress, on_done=self._on_done, on_error=self._on_error,
             on_finished=self._on_finished,
@@ -824,6 +867,8 @@ class TrainWidget(QWidget):
         where = self.best_checkpoints[0] if len(self.best_checkpoints) == 1 else result.out_dir
         name = metric_name(result.metric)
         best = f"best validation {name} {dice or 'n/a'}"
+        if result.moved_aside is not None:
+            where = f"{where}; the previous run is in {result.moved_aside}"
         if result.warnings:  # e.g. no better than predicting one class everywhere
             msg = (f"Training {state}, but " + "; ".join(result.warnings).rstrip(".")
                    + f".  ({best}; checkpoint: {where})")

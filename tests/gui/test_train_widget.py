@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (
     QAbstractSpinBox,
     QComboBox,
     QLineEdit,
+    QMessageBox,
 )
 
 from napari_fcres.checkpoint import read_checkpoint
@@ -401,3 +402,53 @@ def test_resume_with_nothing_to_resume_says_so(viewer, qtbot, em_layers, tmp_pat
     assert not widget.is_running()
     assert any("nothing to resume in" in m and str(tmp_path / "run") in m
                for m in notifications.messages())
+
+
+# ----------------------------------------------------------------------------- an existing run
+
+def test_start_on_a_folder_holding_a_run_asks_first(viewer, qtbot, em_layers, tmp_path,
+                                                    make_train_widget, click, monkeypatch):
+    widget = make_train_widget(tmp_path, epochs=1)
+    with qtbot.waitSignal(widget.finished, timeout=WAIT_MS):
+        click(widget.start_button)
+    wait_done(qtbot, widget)
+    run = tmp_path / "run"
+    best = run / "member_00" / "best.pt"
+    before = best.read_bytes()
+    offered: list[list[str]] = []
+
+    def answer(choice: str) -> None:
+        def exec_(box: QMessageBox) -> int:
+            offered.append([b.text() for b in box.buttons()])
+            button = (box.button(QMessageBox.Cancel) if choice == "cancel" else
+                      next(b for b in box.buttons() if b.text().startswith(choice)))
+            button.click()
+            return 0
+
+        monkeypatch.setattr(QMessageBox, "exec_", exec_)
+
+    answer("cancel")
+    click(widget.start_button)
+    assert not widget.is_running() and best.read_bytes() == before
+    assert "Resume" in offered[-1] and any(t.startswith("Start over") for t in offered[-1])
+
+    # start over: the old run moves aside whole, the new one trains in the same folder
+    answer("Start over")
+    with qtbot.waitSignal(widget.finished, timeout=WAIT_MS) as sig:
+        click(widget.start_button)
+    wait_done(qtbot, widget)
+    aside = sig.args[0].moved_aside
+    assert aside is not None and aside.parent == tmp_path and aside.name.startswith("run.old-")
+    assert (aside / "member_00" / "best.pt").read_bytes() == before
+    assert best.exists() and Path(widget.output_edit.path()) == run
+    assert str(aside) in widget.status_label.text()
+
+    # resume: continues the run in the folder
+    widget.epochs_spin.setValue(2)
+    answer("Resume")
+    with qtbot.waitSignal(widget.finished, timeout=WAIT_MS):
+        click(widget.start_button)
+    wait_done(qtbot, widget)
+    assert int(read_checkpoint(run / "member_00" / "last.pt")["epoch"]) == 2
+    assert len(list(tmp_path.glob("run.old-*"))) == 1
+    assert_usable(widget)
