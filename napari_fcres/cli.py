@@ -315,6 +315,76 @@ def _predict_chunked(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- suggest
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    """Rank the unpainted slices by the models' uncertainty: what to paint next."""
+    from tqdm import tqdm
+
+    from .device import resolve_device
+    from .label_rules import annotated_slices, check_image_labels
+    from .runs import find_checkpoints, load_ensemble
+    from .suggest import suggest_from_models
+
+    device = resolve_device(args.device)
+    files = find_checkpoints(args.models)
+    models = load_ensemble(files, device)
+    image = load_source(args.image).data
+    if image.ndim != 3:
+        raise InputError(f"fcres suggest needs a 3D stack, got an image of shape {image.shape}")
+    painted: list[int] = []
+    if args.labels:
+        labels = load_source(args.labels).data
+        check_image_labels(image, labels)
+        painted = annotated_slices(labels)
+    candidates = parse_slices(args.slices, image.shape[0])
+    bar = tqdm(total=1, desc="suggest", unit="tile", disable=args.quiet, dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    try:
+        found = suggest_from_models(
+            models, image, painted, k=args.k, tile=args.tile, device=device,
+            region_size=args.region, slices=candidates, flips=False if args.no_flips else None,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    flips = len(models) == 1 and not args.no_flips
+    if args.json:
+        print(json.dumps({
+            "image": str(args.image), "checkpoints": [str(f) for f in files],
+            "members": len(models), "flips": flips, "painted": painted,
+            "suggestions": [s.as_dict() for s in found],
+        }, indent=2))
+        return 0
+    basis = (f"{len(models)} members" if len(models) > 1 else
+             "1 model, 4 mirrored predictions" if flips else "1 model, entropy only")
+    print(f"painted slices: {_ranges(painted) or 'none'}; uncertainty from {basis}")
+    if not found:
+        print("every candidate slice is painted: nothing to suggest")
+        return 0
+    print(f"{'rank':>4s} {'slice':>5s} {'score':>7s}  region (y0:y1, x0:x1)  why")
+    for rank, s in enumerate(found, start=1):
+        y0, y1, x0, x1 = s.region
+        print(f"{rank:4d} {s.slice:5d} {s.score:7.4f}  {f'{y0}:{y1}, {x0}:{x1}':21s}  "
+              f"{s.reason}")
+    return 0
+
+
+def _ranges(indices: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    out: list[str] = []
+    for i in sorted(indices):
+        if out and out[-1].split("-")[-1] == str(i - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{i}"
+        else:
+            out.append(str(i))
+    return ", ".join(out)
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 #: File formats whose header carries a voxel spacing in mm (SimpleITK), by reader format name.
@@ -654,6 +724,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=0,
                    help="with --chunked: dask worker processes (0: in this process)")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("suggest", help="rank the unpainted slices: what to paint next")
+    s.add_argument("image", help="image stack (Z, Y, X)")
+    s.add_argument("--models", nargs="+", required=True,
+                   help=f"checkpoint files or training folders (all {BEST_NAME} inside)")
+    s.add_argument("--labels", help="painted labels of the stack: slices holding any non-zero "
+                                    "label are never suggested")
+    s.add_argument("--slices", help="suggest only among these slices, e.g. 0-19")
+    s.add_argument("-k", type=int, default=5, help="how many slices to list (default 5)")
+    s.add_argument("--region", type=int, default=128,
+                   help="side of the most uncertain region shown per slice (px)")
+    s.add_argument("--no-flips", action="store_true",
+                   help="one model: score its entropy only instead of also comparing its "
+                        "predictions of the mirrored image (4x faster)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--tile", type=int, default=512, help="tile size in pixels")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_suggest)
 
     s = sub.add_parser("evaluate", help="Dice, ABD/HD95/RVD for scans, V_rand/V_info for EM")
     s.add_argument("prediction", help="probability map or mask")

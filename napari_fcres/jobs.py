@@ -21,6 +21,7 @@ from .errors import FcresError, InputError
 if TYPE_CHECKING:
     from .config import Config
     from .inference import PredictionResult
+    from .suggest import SliceSuggestion
     from .training import TrainProgress, TrainResult
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ class PredictJobResult:
     checkpoints: list[str]
     mode: str
     preview: int | None = None  # slice of a lazy image predicted on its own
+    #: every slice of a predicted stack ranked by uncertainty (:mod:`napari_fcres.suggest`);
+    #: None for single slices and 2-D images
+    suggestions: list[SliceSuggestion] | None = None
 
 
 def predict_job(
@@ -118,7 +122,13 @@ def predict_job(
     )
     prob = result.probabilities if slice_index is None else result.probabilities[slice_index]
     labels = labels_from_probabilities(prob, THRESHOLD, mode).astype(np.int32, copy=False)
-    return PredictJobResult(result, labels, slice_index, list(paths), mode, preview)
+    suggestions = None
+    if slice_index is None and prob.ndim == 3:  # the widget drops painted slices itself
+        from .suggest import suggest_slices
+
+        suggestions = suggest_slices(prob, k=None, spread=result.spread)
+    return PredictJobResult(result, labels, slice_index, list(paths), mode, preview,
+                            suggestions)
 
 
 def preview_job(paths: list[str], source: Any, index: int, **kwargs: Any) -> PredictJobResult:

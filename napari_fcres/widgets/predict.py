@@ -9,6 +9,11 @@ overwrites corrections: when the labels it would replace were edited, that layer
 is and the prediction goes to a new labels layer.  Closing the dock stops a running prediction
 and drops its result.
 
+After a stack prediction, "Next slice to annotate" moves the viewer to the unpainted slice where
+the models are least sure (:mod:`napari_fcres.suggest`, ranked in the worker) and zooms on its
+most uncertain region; slices painted in the chosen labels layer, and slices corrected in the
+prediction's labels layer, are skipped.
+
 Lazy images (dask or zarr data, multiscale layers: the full-resolution level) are never loaded
 whole: they are predicted block by block (:func:`napari_fcres.chunked.predict_chunked`) into an
 OME-Zarr store (``<store>/labels/<image>``, NGFF image-label metadata), and the labels are shown
@@ -159,7 +164,8 @@ class PredictWidget(QWidget):
     """Predict foreground probabilities and labels of an image layer.
 
     Public API: :meth:`predict_stack`, :meth:`predict_current_slice`, :meth:`stop`,
-    :meth:`is_running`, :meth:`zarr_output`; ``checkpoint_list`` (a :class:`CheckpointList`),
+    :meth:`is_running`, :meth:`zarr_output`, :meth:`next_suggestion`,
+    :meth:`go_to_next_slice`; ``checkpoint_list`` (a :class:`CheckpointList`),
     ``zarr_edit`` (the OME-Zarr output path); signals ``finished(dict)`` (``{"layers": {kind:
     name}, "slice": int | None, "checkpoints": [...]}``, plus ``"ome_zarr"``: the labels group
     written, for block-wise predictions), ``failed(WorkerFailed)`` and ``stopped()``.
@@ -284,6 +290,7 @@ class PredictWidget(QWidget):
         self.status_label.setToolTip("What the last prediction did")
         self._kept: str | None = None  # an edited labels layer a prediction left alone
         root.addWidget(self.status_label)
+        self._build_next_slice(root)
         root.addStretch(1)
         self.image_combo.layer_changed.connect(self._update_enabled)
         self.image_combo.layer_changed.connect(self._update_placeholder)
@@ -496,6 +503,8 @@ class PredictWidget(QWidget):
             notify_info(kept[0].upper() + kept[1:])
         self.status_label.setText(msg)
         log.info(msg)
+        if job.suggestions is not None:
+            self._set_suggestions(layer, job.suggestions)
         self.finished.emit({"layers": names, "checkpoints": job.checkpoints,
                             "slice": job.slice_index if job.preview is None else job.preview})
 
@@ -521,6 +530,128 @@ class PredictWidget(QWidget):
         notify_info(msg)
         self.finished.emit({"layers": names, "slice": None, "checkpoints": job.checkpoints,
                             "ome_zarr": str(job.labels_path)})
+
+    # ------------------------------------------------------------------ next slice to annotate
+    def _build_next_slice(self, root: Any) -> None:
+        from napari.layers import Labels
+
+        box = QGroupBox("Next slice to annotate")
+        form = QFormLayout(box)
+        self.painted_combo = LayerCombo(self.viewer, Labels, allow_none=True,
+                                        none_text="(no labels layer)")
+        self.painted_combo.setToolTip(
+            "Your painted labels: slices holding any label here are never suggested (slices "
+            "you corrected in the prediction's labels layer are skipped too)"
+        )
+        for layer in reversed(list(self.viewer.layers)):  # preselect the user's own labels
+            if isinstance(layer, Labels) and RESULT_KEY not in layer.metadata:
+                self.painted_combo.set_layer(layer)
+                break
+        form.addRow("Painted in", self.painted_combo)
+        self.next_button = QPushButton("Next slice to annotate")
+        self.next_button.setToolTip(
+            "Go to the unpainted slice where the models are least sure (ensemble disagreement "
+            "and undecided pixels of the last stack prediction) and zoom on its most uncertain "
+            "region; click again for the next one"
+        )
+        self.next_button.setEnabled(False)
+        self.next_button.clicked.connect(self._on_next_clicked)
+        form.addRow(self.next_button)
+        self.next_label = QLabel("Predict the stack to rank its slices")
+        self.next_label.setWordWrap(True)
+        form.addRow(self.next_label)
+        self._suggestions: list[Any] = []
+        self._suggest_image: Any | None = None
+        self._skipped: set[int] = set()
+        self._last_shown: int | None = None
+        root.addWidget(box)
+
+    def _set_suggestions(self, image_layer: Any, suggestions: list[Any]) -> None:
+        self._suggestions, self._suggest_image = list(suggestions), image_layer
+        self._skipped, self._last_shown = set(), None
+        self.next_button.setEnabled(bool(self._suggestions))
+        try:
+            best = self.next_suggestion()
+        except FcresError as exc:
+            self.next_label.setText(f"Cannot rank the slices: {exc}")
+            return
+        self.next_label.setText(
+            "Every slice is painted" if best is None else
+            f"Next: slice {best.slice} ({best.reason})"
+        )
+
+    def _painted(self, image_layer: Any) -> set[int]:
+        """Slices painted in the chosen labels layer or corrected in the prediction's labels."""
+        from ..label_rules import annotated_slices
+
+        depth = int(layer_source(image_layer).shape[0])
+        out: set[int] = set()
+        layers = [self.painted_combo.layer()]
+        marker = {"image": image_layer.name, "kind": "labels"}
+        layers += [la for la in self.viewer.layers if la.metadata.get(RESULT_KEY) == marker]
+        for layer in {id(la): la for la in layers if la is not None}.values():
+            data = np.asarray(layer_source(layer))
+            if data.ndim != 3 or data.shape[0] != depth:
+                raise InputError(f"labels layer {layer.name!r} has shape {data.shape}; it needs "
+                                 f"{depth} slices like {image_layer.name!r}")
+            ref = layer.metadata.get(METADATA_KEY, {}).get("reference")
+            if ref is not None and np.shape(ref) == data.shape:  # a prediction: its corrections
+                out.update(int(z) for z in np.flatnonzero(
+                    (data != ref).reshape(depth, -1).any(axis=1)))
+            else:
+                out.update(annotated_slices(data))
+        return out
+
+    def next_suggestion(self) -> Any | None:
+        """The best-ranked slice of the last stack prediction that is not painted (or None)."""
+        layer = self._suggest_image
+        if layer is None or layer not in self.viewer.layers:
+            return None
+        painted = self._painted(layer)
+        left = [s for s in self._suggestions if s.slice not in painted]
+        fresh = [s for s in left if s.slice not in self._skipped]
+        if not fresh:  # every unpainted slice was shown once: start again from the top
+            self._skipped.clear()
+            fresh = left
+        return fresh[0] if fresh else None
+
+    def _on_next_clicked(self) -> None:
+        try:
+            self.go_to_next_slice()
+        except FcresError as exc:
+            report_error(self.next_label, exc, "Cannot suggest a slice")
+
+    def go_to_next_slice(self) -> Any | None:
+        """Show the next slice to annotate, zoomed on its most uncertain region; return it.
+
+        Clicking again without painting the slice shown moves on to the next-ranked one.
+        """
+        best = self.next_suggestion()
+        if best is not None and best.slice == self._last_shown:
+            self._skipped.add(best.slice)
+            best = self.next_suggestion()
+        layer = self._suggest_image
+        if best is None or layer is None:
+            self.next_label.setText("Every slice is painted: nothing left to suggest"
+                                    if layer is not None else "Predict the stack first")
+            return None
+        self._last_shown = best.slice
+        y0, y1, x0, x1 = best.region
+        centre = layer.data_to_world((best.slice, (y0 + y1 - 1) / 2, (x0 + x1 - 1) / 2))
+        first = self.viewer.dims.ndim - layer.ndim
+        self.viewer.dims.set_point(first, centre[0])
+        if self.viewer.dims.ndisplay == 2 and list(self.viewer.dims.displayed) == [first + 1,
+                                                                                 first + 2]:
+            self.viewer.fit_to_view(layers=[layer])
+            extent = np.ptp(np.asarray(layer.extent.world, dtype=float)[:, -2:], axis=0)
+            size = np.abs(np.asarray(layer.scale, dtype=float)[-2:]) * (y1 - y0, x1 - x0)
+            camera = getattr(self.viewer, "scene", self.viewer).camera  # napari >= 0.9: scene
+            camera.center = (centre[1], centre[2])
+            camera.zoom *= max(1.0, float(np.min(extent / np.maximum(size, 1e-12))))
+        self.next_label.setText(f"Slice {best.slice}, region y {y0}-{y1}, x {x0}-{x1}: "
+                                f"{best.reason}")
+        log.info("next slice to annotate: %d (score %.4f)", best.slice, best.score)
+        return best
 
     # ------------------------------------------------------------------ layers
     def _replace(self, kind: str, image_layer: Any) -> None:
