@@ -117,6 +117,21 @@ def test_tiles_of_one_image_share_its_statistics():
     assert err_shared < 0.35 * err_own, (err_shared, err_own)
 
 
+def test_tiled_prediction_with_shared_statistics_runs_under_bf16_autocast():
+    """AMP (``predict(amp=True)``): bf16 activations, float32 shared statistics and weights.
+
+    Batch norm's mixed-precision kernels want every parameter in float32; statistics cast
+    to the activations' bf16 failed on the CPU ("mixed dtype").
+    """
+    rng = np.random.default_rng(2)
+    img = rng.uniform(20, 120, (96, 96)).astype(np.float32)
+    model = _model("image")
+    fp32 = predict(model, img, tile_size=64, overlap=16).probabilities
+    bf16 = predict(model, img, tile_size=64, overlap=16, amp=True).probabilities
+    assert bf16.dtype == np.float32 and np.isfinite(bf16).all()
+    assert np.abs(bf16 - fp32).mean() < 0.02
+
+
 def test_collecting_needs_a_tile():
     stats = SharedImageStatistics(_model())
     with pytest.raises(RuntimeError, match="no tile"), stats.collecting():

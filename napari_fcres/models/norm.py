@@ -77,7 +77,10 @@ class _PredictionStatistics:
                 a + b for a, b in zip(self.tile_sums, sums, strict=True)]
         if self.shared_stats is not None:
             mean, var = self.shared_stats
-            return F.batch_norm(x, mean.to(x.dtype), var.to(x.dtype), self.weight, self.bias,
+            # the statistics in the parameters' dtype: under bf16 autocast the input is bf16
+            # and batch norm's mixed-precision kernels want every parameter in float32
+            dtype = self.weight.dtype
+            return F.batch_norm(x, mean.to(dtype), var.to(dtype), self.weight, self.bias,
                                 False, 0.0, self.eps)
         if x.shape[2] * x.shape[3] == 1:
             # one pixel has no statistics of its own (the smallest input bioimage.io tests
