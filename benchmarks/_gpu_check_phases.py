@@ -320,7 +320,7 @@ def run_train(spec: dict[str, Any]) -> None:
     result["config"] = {
         "preset": cfg.model.preset, "architecture": cfg.model.architecture,
         "batch_size": t.batch_size, "crop_size": t.crop_size, "epochs": t.epochs,
-        "patience": t.patience, "loss": t.loss, "select_by": t.select_by,
+        "patience_steps": t.patience_steps, "loss": t.loss, "select_by": t.select_by,
         "max_minutes": minutes, "device": str(dev), "amp_bf16": use_amp(dev),
         "channels_last": use_channels_last_for_training(dev),
         "equivalent_command": fcres_command(spec, minutes),
@@ -673,4 +673,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # The results are written: end now.  Tearing down the interpreter (CUDA context, torch's
+    # thread pools) can take seconds, which the budget should not pay for.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -234,13 +234,15 @@ class Check:
         self.end = self.t0 + 60.0 * args.budget_minutes
         self.device = "cpu" if args.dry_run else args.device
         if args.work_dir:
-            self.work = Path(args.work_dir)
+            self.work = Path(args.work_dir).resolve()
             self.work.mkdir(parents=True, exist_ok=True)
         else:
             self.work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
         self.out = Path(args.out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.data = {"isbi": str(args.isbi) if args.isbi else None, "dry_run": args.dry_run}
+        # absolute: the phases run in the repository root, wherever this was started
+        self.data = {"isbi": str(args.isbi.resolve()) if args.isbi else None,
+                     "dry_run": args.dry_run}
         self.report: dict[str, Any] = {
             "settings": {
                 "dry_run": args.dry_run, "device": self.device, "minutes": args.minutes,

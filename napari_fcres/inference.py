@@ -255,8 +255,8 @@ def predict(
     indices along ``axis`` (the other slices are 0 in every output).
     ``progress(done, total)`` is called after every batch, counting tiles over
     slices and models; ``should_stop()`` is polled between batches and raises
-    :class:`StoppedError`.  ``channels_last`` defaults to True; ``amp`` (bf16
-    autocast) to True on CUDA only.  ``batch_size`` (tiles per forward pass)
+    :class:`StoppedError`.  ``channels_last`` defaults to True on the CPU only;
+    ``amp`` (bf16 autocast) to False.  ``batch_size`` (tiles per forward pass)
     defaults to 1 on the CPU, where it measured fastest, and 4 elsewhere.  On
     out-of-memory the batch size, then the tile size (down to 128) is halved and
     the slice retried before :class:`OutOfMemoryError` is raised.  Models whose
@@ -283,8 +283,10 @@ def predict(
         )
     if not 0 <= overlap < tile_size:
         raise InputError(f"overlap must be in [0, tile_size), got {overlap} (tile {tile_size})")
-    use_cl = True if channels_last is None else bool(channels_last)
-    use_amp = (dev.type == "cuda") if amp is None else bool(amp)
+    # measured (BENCHMARKS.md, "GPU check"): channels_last is 1.6x faster on the CPU and
+    # 1.15-1.85x slower on an H200; bf16 autocast gave no speed there (0.96x)
+    use_cl = (dev.type == "cpu") if channels_last is None else bool(channels_last)
+    use_amp = False if amp is None else bool(amp)
 
     if image.ndim == 3:
         if not -3 <= axis < 3:
