@@ -88,8 +88,19 @@ def _own_tile_statistics(model: SegmentationModel, image: np.ndarray, tile: int)
     """``predict`` with every tile normalized by its own statistics (no shared pass)."""
     import napari_fcres.inference as inference
 
+    class _NoSharing:  # no layer shares statistics: each tile keeps its own
+        layers: list = []
+        mode = "image"
+        per_volume = False
+
+        def __init__(self, _model: SegmentationModel) -> None:
+            pass
+
+        def __bool__(self) -> bool:
+            return False
+
     shared = inference.SharedImageStatistics
-    inference.SharedImageStatistics = lambda _m: [] # type: ignore[assignment,misc]
+    inference.SharedImageStatistics = _NoSharing  # type: ignore[assignment,misc]
     try:
         return predict(model, image, tile_size=tile, overlap=min(64, tile // 4)).probabilities
     finally:

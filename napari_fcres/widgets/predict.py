@@ -55,6 +55,7 @@ from ._common import (
     is_lazy_layer,
     layer_source,
     notify_info,
+    notify_warning,
     prestart_worker_process,
     report_error,
     scroll_body,
@@ -501,6 +502,10 @@ class PredictWidget(QWidget):
                     f"{names['labels']!r}")
             msg += f"; {kept}"
             notify_info(kept[0].upper() + kept[1:])
+        for warning in getattr(job.result, "warnings", None) or []:  # far from training
+            msg += f"\nWarning: {warning}"
+            notify_warning("Some slices are far from what the model was trained on: see the "
+                           "Predict dock")
         self.status_label.setText(msg)
         log.info(msg)
         if job.suggestions is not None:

@@ -259,9 +259,12 @@ class TrainWidget(QWidget):
         budget_box = QGroupBox("Budget and output")
         form = QFormLayout(budget_box)
         self.epochs_spin = QSpinBox()
-        self.epochs_spin.setRange(1, 100000)
-        self.epochs_spin.setValue(100)
-        self.epochs_spin.setToolTip("Maximum number of epochs per ensemble member")
+        self.epochs_spin.setRange(0, 100000)
+        self.epochs_spin.setValue(0)
+        self.epochs_spin.setSpecialValueText("no limit")
+        self.epochs_spin.setToolTip(
+            "Maximum number of epochs per ensemble member (0 = no limit: the time limit ends "
+            "the run, or 200 epochs without one)")
         self.minutes_spin = QDoubleSpinBox()
         self.minutes_spin.setRange(0.0, 100000.0)
         self.minutes_spin.setDecimals(1)
@@ -335,10 +338,13 @@ class TrainWidget(QWidget):
         )
         form.addRow("Validation", self.val_spin)
         self.patience_spin = QSpinBox()
-        self.patience_spin.setRange(1, 100000)
-        self.patience_spin.setValue(50)
+        self.patience_spin.setRange(0, 1000000)
+        self.patience_spin.setValue(1000)
+        self.patience_spin.setSpecialValueText("never")
+        self.patience_spin.setSuffix(" steps")
         self.patience_spin.setToolTip(
-            "Stop a member when validation Dice has not improved for this many epochs"
+            "Stop a member when its validation score has not improved for this many "
+            "optimisation steps (0 = never): the same meaning for 3 painted slices as for 300"
         )
         form.addRow("Patience", self.patience_spin)
         self.select_combo = QComboBox()
@@ -519,7 +525,7 @@ class TrainWidget(QWidget):
         return build_train_config(
             preset=self.preset_combo.currentText(),
             architecture=self.arch_combo.currentText(),
-            epochs=self.epochs_spin.value(),
+            epochs=self.epochs_spin.value() or None,
             max_minutes=minutes if minutes > 0 else None,
             ensemble=self.ensemble_spin.value(),
             device=str(self.device_combo.currentData() or "cpu"),
@@ -527,7 +533,7 @@ class TrainWidget(QWidget):
             crop_size=crop,
             lr=self.lr_spin.value(),
             val_fraction=self.val_spin.value(),
-            patience=self.patience_spin.value(),
+            patience_steps=self.patience_spin.value(),
             select_by=self.select_combo.currentText(),
             seed=self.seed_spin.value(),
             freeze_fcresnet=bool(freeze),
@@ -538,7 +544,7 @@ class TrainWidget(QWidget):
         """The settings this widget shows, as a partial config to lay over a stored run."""
         t = cfg.train
         keys = ("epochs", "max_minutes", "ensemble", "device", "batch_size", "lr",
-                "val_fraction", "patience", "select_by", "seed", "freeze_fcresnet")
+                "val_fraction", "patience_steps", "select_by", "seed", "freeze_fcresnet")
         train = {k: getattr(t, k) for k in keys}
         if self.crop_spin.value() <= min(slice_shape):  # else "as large as fits", as stored
             train["crop_size"] = t.crop_size
@@ -553,14 +559,14 @@ class TrainWidget(QWidget):
             self.preset_combo.setCurrentText(cfg.model.preset)  # resets the batch size
         self.arch_combo.setCurrentText(cfg.model.architecture)
         t = cfg.train
-        self.epochs_spin.setValue(t.epochs)
+        self.epochs_spin.setValue(t.epochs or 0)
         self.minutes_spin.setValue(t.max_minutes or 0.0)
         self.ensemble_spin.setValue(t.ensemble)
         self.crop_spin.setValue(t.crop_size)
         self.batch_spin.setValue(t.batch_size)
         self.lr_spin.setValue(t.lr)
         self.val_spin.setValue(t.val_fraction)
-        self.patience_spin.setValue(t.patience)
+        self.patience_spin.setValue(t.patience_steps)
         self.select_combo.setCurrentText(t.select_by)
         self.seed_spin.setValue(t.seed)
         self.freeze_check.setChecked(t.freeze_fcresnet)
@@ -780,7 +786,7 @@ class TrainWidget(QWidget):
         self._latest = self._shown = None
         if not (resume and self._plot_dir == out):
             self._reset_plot_data()
-            self._setup_axes(dice_loss=cfg.train.loss == "dice")
+            self._setup_axes(dice_loss=cfg.train.loss in ("dice", "auto"))
             self.canvas.draw()
         self._plot_dir = out
         self._run_dir = out
@@ -836,8 +842,7 @@ class TrainWidget(QWidget):
                 self.status_label.setText(self._status_text(p))
                 self.job.set_progress(
                     p.fraction,
-                    f"Training member {p.member + 1}/{p.n_members}, "
-                    f"epoch {min(p.epoch + 1, p.epochs)}/{p.epochs}",
+                    f"Training member {p.member + 1}/{p.n_members}, step {p.step}",
                 )
             self._redraw(force)
         finally:
@@ -848,15 +853,16 @@ class TrainWidget(QWidget):
         if p.n_members > 1:
             parts.append(f"member {p.member + 1}/{p.n_members}")
         epoch = p.epoch + 1 if p.kind == "step" else p.epoch
-        parts.append(f"epoch {min(epoch, p.epochs)}/{p.epochs}")
+        parts.append(f"epoch {min(epoch, p.epochs)}/{p.epochs}" if p.epochs else f"epoch {epoch}")
         parts.append(f"step {p.step}")
         if p.loss is not None:
             parts.append(f"loss {p.loss:.4f}")
         if p.best_val_dice is not None:
             parts.append(f"best val {metric_name(p.metric)} {p.best_val_dice:.3f} "
-                         f"(epoch {p.best_epoch})")
+                         f"(step {p.best_step})")
         parts.append(f"{int(p.elapsed) // 60}:{int(p.elapsed) % 60:02d} elapsed")
-        return " · ".join(parts)
+        text = " · ".join(parts)
+        return f"{text}\n{p.validation_basis}" if p.validation_basis else text
 
     def _on_done(self, result: TrainResult) -> None:
         self.last_result = result
