@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     raw.setdefault("train", {})
     raw["train"].update({"epochs": args.epochs, "device": "cpu", "seed": args.seed})
     raw["train"].setdefault("patience_steps", 0)
+    raw["train"].setdefault("loss", "dice")  # the recipe under study, whatever the slice count
+    raw.setdefault("augment", {}).setdefault("intensity", 0.0)
     raw.setdefault("data", {})["foreground_value"] = fg
     cfg = load_config(overrides=raw, preset=args.preset)
     data = prepare_data(image[train_idx], labels[train_idx], cfg)

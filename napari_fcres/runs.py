@@ -59,6 +59,9 @@ RESUME_CHANGEABLE: tuple[str, ...] = (
     "train.epochs",
     "train.max_minutes",
     "train.patience_steps",
+    # resolved from the annotated slices when the run starts (training.resolve_few_label_settings)
+    "train.loss",
+    "augment.intensity",
     "train.device",
     "train.num_workers",
     "train.inference_tile",

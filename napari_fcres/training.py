@@ -482,6 +482,7 @@ class _MemberRun:
         device: torch.device, resume: bool, init_state: dict | None, budget_s: float | None,
         dist: DistContext | None = None,
     ) -> None:
+        cfg = resolve_few_label_settings(cfg, len(data.annotated))  # no-op after train()
         self.cfg, self.data, self.folder, self.member = cfg, data, folder, member
         self.device = device
         self.dist = dist or DistContext()

@@ -49,7 +49,8 @@ def load_benchmark() -> Callable[[str], ModuleType]:
 
 
 #: training settings of :func:`tiny_config`: a few small CPU steps
-TINY_TRAIN: dict[str, Any] = {"epochs": 2, "crop_size": 32, "device": "cpu"}
+TINY_TRAIN: dict[str, Any] = {"epochs": 2, "crop_size": 32, "device": "cpu", "val_split": "slices",
+                              "val_every_steps": 3, "loss": "dice"}
 
 
 @contextmanager

@@ -24,14 +24,14 @@ def report(**kw) -> TrainProgress:
 
 def test_describe_speaks_in_members_epochs_steps_and_time():
     text = describe(report())
-    assert text.startswith("epoch 3/50 step 2/5, loss 0.2500")
-    assert "best val Dice 0.7300 (epoch 2)" in text
+    assert text.startswith("epoch 3/50 step 12, loss 0.2500")
+    assert "best val Dice 0.7300" in text
     assert "1:00 elapsed" in text
     # 60 s for 12 steps: 238 steps to go -> 19:50 at the epoch limit
     assert "~19:50 left (epoch limit)" in text
     assert "\u2030" not in text and text.isascii()
     ens = describe(report(member=1, n_members=3, kind="validation", epoch=3, step=15))
-    assert ens.startswith("member 2/3, epoch 3/50 validated")
+    assert ens.startswith("member 2/3, step 15 validated")
     assert describe(report(kind="done", message="finished")) == "finished"
 
 

@@ -143,7 +143,7 @@ def test_collecting_needs_a_tile():
 def test_old_checkpoints_keep_running_averages():
     legacy = Config.from_dict({"model": {"architecture": "pipeline", "preset": "tiny"}})
     assert legacy.model.norm_stats == "running"
-    assert Config().model.norm_stats == "image"
+    assert Config().model.norm_stats == "auto"
     model = build_model(legacy.model)
     assert all(m.norm_stats == "running" for m in model.modules()
                if isinstance(m, ImageBatchNorm2d))

@@ -3,7 +3,6 @@ turned a scan's blank and mostly-background slices into foreground)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from napari_fcres.inference import load_models, predict
@@ -52,19 +51,3 @@ def test_per_slice_statistics_blow_the_scan_ends_up(scan_model):
             set_norm_stats(m, "auto")
     empty = [z for z in range(scan.image.shape[0]) if not scan.labels[z].any()]
     assert (probs[empty] > 0.5).sum() > 0.2 * int(scan.labels.sum())
-
-
-def test_prediction_warns_when_slices_are_far_from_training(scan_model, caplog):
-    scan, models = scan_model
-    for m in models:
-        set_norm_stats(m, "image")
-    try:
-        result = predict(models, scan.image)
-    finally:
-        for m in models:
-            set_norm_stats(m, "auto")
-    assert result.warnings and "far more foreground" in result.warnings[0]
-    assert "slice(s) 0-" in result.warnings[0]
-    clean = predict(models, scan.image)
-    assert not clean.warnings
-    assert np.isfinite(clean.probabilities).all()

@@ -18,7 +18,8 @@ from napari_fcres.training import run_training, split_slices, train
 
 def tiny_config(**train) -> Config:
     cfg = preset_config("tiny")
-    defaults = dict(epochs=2, steps_per_epoch=3, crop_size=32, batch_size=2, device="cpu")
+    defaults = dict(epochs=2, steps_per_epoch=3, crop_size=32, batch_size=2, device="cpu",
+                    val_split="slices", val_every_steps=3, loss="dice")
     defaults.update(train)
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **defaults))
 

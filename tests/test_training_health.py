@@ -57,9 +57,10 @@ def _train_briefly(preset: str, architecture: str, stack, tmp_path, steps: int =
     if unet_block_norm is not None:
         cfg.model.unet = dataclasses.replace(cfg.model.unet, block_norm=unet_block_norm)
     cfg.train = dataclasses.replace(
-        cfg.train, crop_size=64, batch_size=2, epochs=1, steps_per_epoch=steps,
+        cfg.train, crop_size=64, batch_size=2, epochs=1, steps_per_epoch=steps, loss="dice",
         device="cpu", **train_changes,
     )
+    cfg.augment = dataclasses.replace(cfg.augment, intensity=0.0)
     image, labels = stack
     data = prepare_data(image, labels, cfg)
     runner = _MemberRun(cfg, data, tmp_path / "m", 0, torch.device("cpu"), False, None, None)
