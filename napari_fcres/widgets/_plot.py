@@ -1,4 +1,9 @@
-"""The Train widget's live plot: training loss per step and validation Dice per epoch.
+"""Matplotlib in the dock widgets: the canvas, the theme colours and the Train widget's plot.
+
+* :func:`make_canvas` / :func:`style_axes` - a matplotlib figure embedded in Qt, in the
+  viewer's theme colours (the Train and Inspect widgets).
+* :class:`TrainingPlot` - the live training plot: training loss per step and the validation
+  score that keeps the best checkpoint per epoch.
 
 :class:`TrainingPlot` holds the data series of every ensemble member, sets up the two axes and
 redraws them cheaply: the lines are blitted onto a saved background, and the axes limits grow
@@ -8,16 +13,58 @@ in big jumps so that a full (costly) matplotlib draw on the GUI thread is rare.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QTimer
-
-from ._common import make_canvas, style_axes
+from qtpy.QtWidgets import QSizePolicy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainingPlot"]
+__all__ = ["TrainingPlot", "make_canvas", "style_axes"]
+
+
+def make_canvas(
+    figsize: tuple[float, float] = (4.0, 3.0), nrows: int = 1, ncols: int = 1,
+    sharex: bool = False, viewer: Any | None = None,
+) -> tuple[Any, Any, list[Any]]:
+    """``(canvas, figure, axes)``: a matplotlib figure embedded as a Qt widget.
+
+    With ``viewer`` the figure takes the colours of the viewer's napari theme.
+    """
+    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = list(fig.subplots(nrows, ncols, sharex=sharex, squeeze=False).ravel())
+    canvas = FigureCanvasQTAgg(fig)
+    canvas.setMinimumHeight(int(figsize[1] * 60))
+    canvas.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+    if viewer is not None:
+        style_axes(fig, axes, viewer)
+    return canvas, fig, axes
+
+
+def style_axes(fig: Any, axes: Sequence[Any], viewer: Any) -> None:
+    """Colour a figure and its axes like the viewer's napari theme (re-run after ``cla()``)."""
+    try:
+        from napari.utils.theme import get_theme
+
+        theme = get_theme(viewer.theme)
+        bg, text = theme.background.as_hex(), theme.text.as_hex()
+        grid = theme.secondary.as_hex()
+    except Exception:  # noqa: BLE001 - styling is cosmetic
+        return
+    fig.set_facecolor(bg)
+    for ax in axes:
+        ax.set_facecolor(bg)
+        ax.tick_params(colors=text, which="both")
+        for spine in ax.spines.values():
+            spine.set_color(grid)
+        ax.xaxis.label.set_color(text)
+        ax.yaxis.label.set_color(text)
+        ax.title.set_color(text)
 
 #: ``{member: (x values, y values)}``
 Series = dict[int, tuple[list[int], list[float]]]

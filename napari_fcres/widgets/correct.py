@@ -46,8 +46,9 @@ from ..postprocess import (
     remove_small_labels,
     split_label_along_line,
 )
-from ._common import LayerCombo, current_slice, layer_data, report_error, scroll_body
-from ._layers import METADATA_KEY, RESULT_KEY, apply_labels
+from ._forms import LayerCombo, scroll_body
+from ._layers import METADATA_KEY, RESULT_KEY, apply_labels, current_slice, layer_data
+from ._notify import report_error
 
 if TYPE_CHECKING:
     import napari

@@ -33,9 +33,10 @@ from qtpy.QtWidgets import (
 
 from ..errors import FcresError, InputError
 from ..io import safe_name
-from ._common import LayerCombo, PathEdit, layer_data, notify_info, report_error, scroll_body
 from ._docks import open_dock_widget
-from ._layers import METADATA_KEY, edit_events, prefer_source_image
+from ._forms import LayerCombo, PathEdit, scroll_body
+from ._layers import METADATA_KEY, edit_events, layer_data, prefer_source_image
+from ._notify import notify_info, report_error
 
 if TYPE_CHECKING:
     import napari

@@ -27,17 +27,10 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import FcresError, InputError
-from ._common import (
-    LayerCombo,
-    PathEdit,
-    WorkerFailed,
-    layer_source,
-    notify_info,
-    report_error,
-    scroll_body,
-)
+from ._forms import LayerCombo, PathEdit, scroll_body
 from ._job import WidgetJob
-from ._layers import label_name
+from ._layers import label_name, layer_source
+from ._notify import WorkerFailed, notify_info, report_error
 from ._pickers import CheckpointList
 
 if TYPE_CHECKING:

@@ -26,21 +26,12 @@ from ..errors import FcresError, InputError
 from ..jobs import InspectResult, inspect_job
 from ..runs import BEST_NAME
 from ..worker_process import STOP
-from ._common import (
-    LayerCombo,
-    WorkerFailed,
-    current_slice,
-    device_choices,
-    layer_data,
-    make_canvas,
-    prestart_worker_process,
-    report_error,
-    scroll_body,
-    style_axes,
-)
-from ._job import WidgetJob
-from ._layers import RESULT_KEY, layer_names
+from ._forms import LayerCombo, device_choices, scroll_body
+from ._job import WidgetJob, prestart_worker_process
+from ._layers import RESULT_KEY, current_slice, layer_data, layer_names
+from ._notify import WorkerFailed, report_error
 from ._pickers import CheckpointCombo
+from ._plot import make_canvas, style_axes
 
 if TYPE_CHECKING:
     import napari

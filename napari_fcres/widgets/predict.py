@@ -41,29 +41,21 @@ from ..errors import FcresError, InputError
 from ..io import layer_spacing
 from ..jobs import THRESHOLD, PredictJobResult, predict_job, preview_job
 from ..worker_process import REPORT, STOP
-from ._common import (
-    LayerCombo,
-    PathEdit,
-    WorkerFailed,
-    current_slice,
-    device_choices,
-    is_lazy_layer,
-    layer_source,
-    notify_info,
-    prestart_worker_process,
-    report_error,
-    scroll_body,
-)
-from ._job import WidgetJob
+from ._forms import LayerCombo, PathEdit, device_choices, scroll_body
+from ._job import WidgetJob, prestart_worker_process
 from ._layers import (
     METADATA_KEY,
     PREVIEW_SUFFIX,
     RESULT_KEY,
     apply_labels,
+    current_slice,
+    is_lazy_layer,
     label_name,
     layer_names,
+    layer_source,
     prefer_source_image,
 )
+from ._notify import WorkerFailed, notify_info, report_error
 from ._pickers import CheckpointList
 
 if TYPE_CHECKING:

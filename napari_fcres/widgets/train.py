@@ -48,22 +48,11 @@ from ..runs import unused_dir as _unused
 from ..selection import metric_name
 from ..train_config import build_train_config
 from ..worker_process import STOP, WorkerProcessDied, cpu_threads_for_worker
-from ._common import (
-    LayerCombo,
-    PathEdit,
-    WorkerFailed,
-    device_choices,
-    is_lazy_layer,
-    layer_data,
-    notify_info,
-    notify_warning,
-    prestart_worker_process,
-    remember_checkpoints,
-    report_error,
-    scroll_body,
-)
-from ._job import WidgetJob
-from ._layers import edit_events
+from ._forms import LayerCombo, PathEdit, device_choices, scroll_body
+from ._job import WidgetJob, prestart_worker_process
+from ._layers import edit_events, is_lazy_layer, layer_data
+from ._notify import WorkerFailed, notify_info, notify_warning, report_error
+from ._pickers import remember_checkpoints
 from ._plot import TrainingPlot
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit
 
 from napari_fcres.io import read_image
-from napari_fcres.widgets._common import recent_checkpoints
+from napari_fcres.widgets._pickers import recent_checkpoints
 from napari_fcres.widgets.export import ExportWidget, changed_slices, pair_paths
 from napari_fcres.widgets.predict import PredictWidget
 from napari_fcres.widgets.train import TrainWidget

@@ -15,7 +15,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_fcres.postprocess import labels_from_probabilities
-from napari_fcres.widgets._common import remember_checkpoints
+from napari_fcres.widgets._pickers import remember_checkpoints
 from napari_fcres.widgets.predict import PredictWidget, layer_names
 
 pytestmark = pytest.mark.gui

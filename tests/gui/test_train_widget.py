@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
 from napari_fcres.checkpoint import read_checkpoint
 from napari_fcres.config import preset_config
 from napari_fcres.training import replace_train, run_training
-from napari_fcres.widgets._common import recent_checkpoints
+from napari_fcres.widgets._pickers import recent_checkpoints
 from napari_fcres.widgets.train import TrainWidget, detect_partial
 
 pytestmark = pytest.mark.gui
