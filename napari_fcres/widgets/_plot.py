@@ -20,6 +20,8 @@ import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QSizePolicy
 
+from ..selection import metric_name
+
 log = logging.getLogger(__name__)
 
 __all__ = ["TrainingPlot", "make_canvas", "style_axes"]
@@ -69,25 +71,51 @@ def style_axes(fig: Any, axes: Sequence[Any], viewer: Any) -> None:
 #: ``{member: (x values, y values)}``
 Series = dict[int, tuple[list[int], list[float]]]
 
+#: How each training loss is shown: ``1 + loss``.  The Dice loss of eq. (2) is -Dice (from -1
+#: to 0), so the plot and the status show 1 - Dice (from 1 to 0, 0 is perfect) and
+#: BCE + 1 - Dice for "bce_dice": a positive quantity that falls, named as what it is.
+LOSS_LABELS = {"dice": "1 − Dice", "bce_dice": "BCE + 1 − Dice"}
+
+
+def shown_loss(loss: float) -> float:
+    """The training loss as the Train widget shows it (see :data:`LOSS_LABELS`)."""
+    return float(loss) + 1.0
+
+
+def loss_label(loss: str) -> str:
+    """What the shown loss is, e.g. "1 − Dice" for the Dice loss."""
+    return LOSS_LABELS.get(loss, f"1 + {loss} loss")
+
+
+def _score_title(metric: str | None) -> str:
+    if metric is None:
+        return "validation score (keeps the best checkpoint)"
+    return f"validation {metric_name(metric)} (keeps the best checkpoint)"
+
 
 class TrainingPlot:
-    """Loss per step (top axes) and validation Dice per epoch (bottom axes), per member.
+    """Loss per step (top axes) and the validation score per epoch (bottom axes), per member.
 
-    ``canvas`` is the Qt widget to lay out; :meth:`add_step` / :meth:`add_validation` record
-    reports, :meth:`redraw` shows what was recorded since the last call, :meth:`setup_axes`
-    empties the axes for a new run and :meth:`reset` forgets the data.
+    The loss is shown as :func:`shown_loss` (1 - Dice for the Dice loss); the score is the one
+    that keeps the best checkpoint (Dice or V_rand, :meth:`set_metric`).  ``canvas`` is the Qt
+    widget to lay out; :meth:`add_step` / :meth:`add_validation` record reports,
+    :meth:`redraw` shows what was recorded since the last call, :meth:`setup_axes` empties the
+    axes for a new run and :meth:`reset` forgets the data.
     """
 
     def __init__(self, viewer: Any | None = None, figsize: tuple[float, float] = (4.0, 3.6)
                  ) -> None:
         self.viewer = viewer
         self.canvas, self.figure, axes = make_canvas(figsize, nrows=2, viewer=viewer)
-        self.ax_loss, self.ax_dice = axes
+        self.ax_loss, self.ax_score = axes
         self.canvas.mpl_connect("draw_event", self._on_canvas_draw)
         self.canvas.mpl_connect("resize_event", self._relayout)
         self.canvas.setToolTip(
-            "Training loss per step (top) and validation Dice per epoch (bottom)"
+            "Training loss per step (top; the Dice loss shown as 1 − Dice: lower is better) "
+            "and, per epoch, the validation score that keeps the best checkpoint (bottom; "
+            "Dice or V_rand: higher is better)"
         )
+        self.metric: str | None = None
         self.reset()
         self.setup_axes()
 
@@ -95,51 +123,65 @@ class TrainingPlot:
     def reset(self) -> None:
         """Forget every series (the axes keep their lines until :meth:`setup_axes`)."""
         self._loss: Series = {}
-        self._dice: Series = {}
+        self._score: Series = {}
         self._dirty = False
 
     def data(self) -> dict[str, Series]:
-        """The plotted series: ``{"loss": {member: (steps, losses)}, "dice": {...}}``."""
-        return {"loss": self._loss, "dice": self._dice}
+        """The plotted series: ``{"loss": {member: (steps, shown losses)}, "score": {member:
+        (epochs, validation scores)}}``."""
+        return {"loss": self._loss, "score": self._score}
 
     def add_step(self, member: int, step: int, loss: float) -> None:
-        """Record the training loss of ``member`` at ``step``."""
+        """Record the training loss (as reported; shown as :func:`shown_loss`) of ``member``."""
         xs, ys = self._loss.setdefault(member, ([], []))
         xs.append(step)
-        ys.append(loss)
+        ys.append(shown_loss(loss))
         self._dirty = True
 
-    def add_validation(self, member: int, epoch: int, dice: float) -> None:
-        """Record the validation Dice of ``member`` after ``epoch``."""
-        xs, ys = self._dice.setdefault(member, ([], []))
+    def add_validation(self, member: int, epoch: int, score: float) -> None:
+        """Record the validation score (by :attr:`metric`) of ``member`` after ``epoch``."""
+        xs, ys = self._score.setdefault(member, ([], []))
         xs.append(epoch)
-        ys.append(dice)
+        ys.append(score)
+        self._dirty = True
+
+    def set_metric(self, metric: str | None) -> None:
+        """Name the score that keeps the best checkpoint ("dice" or "v_rand") in the title."""
+        if metric == self.metric:
+            return
+        self.metric = metric
+        self.ax_score.set_title(_score_title(metric), fontsize=9)
+        self._background = None  # the title changed: the next redraw is a full one
         self._dirty = True
 
     # ------------------------------------------------------------------ axes
-    def setup_axes(self, dice_loss: bool = True) -> None:
-        """Empty axes; the Dice loss (-Dice) gets its whole range [-1, 0] up front."""
+    def setup_axes(self, loss: str = "dice", metric: str | None = None) -> None:
+        """Empty axes for a run with ``loss`` ("dice" or "bce_dice") whose checkpoint is kept
+        by ``metric`` (None: not known yet).  The Dice loss (shown as 1 - Dice) gets its whole
+        range [0, 1] up front."""
         from matplotlib.ticker import MaxNLocator
 
+        dice_loss = loss == "dice"
+        self.metric = metric
         self.ax_loss.cla()
-        self.ax_dice.cla()
-        self.ax_loss.set_title("training loss", fontsize=9)
+        self.ax_score.cla()
+        self.ax_loss.set_title(f"training loss ({loss_label(loss)})", fontsize=9)
         self.ax_loss.set_xlabel("step", fontsize=8)
-        self.ax_dice.set_title("validation Dice", fontsize=9)
-        self.ax_dice.set_xlabel("epoch", fontsize=8)
-        for ax in (self.ax_loss, self.ax_dice):
+        self.ax_score.set_title(_score_title(metric), fontsize=9)
+        self.ax_score.set_xlabel("epoch", fontsize=8)
+        for ax in (self.ax_loss, self.ax_score):
             ax.tick_params(labelsize=7)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         self.ax_loss.set_xlim(0, 10)
-        self.ax_loss.set_ylim(*((-1.02, 0.02) if dice_loss else (0.0, 1.0)))
-        self.ax_dice.set_xlim(0, 5)
-        self.ax_dice.set_ylim(0, 1.02)
+        self.ax_loss.set_ylim(*((-0.02, 1.02) if dice_loss else (0.0, 1.0)))
+        self.ax_score.set_xlim(0, 5)
+        self.ax_score.set_ylim(0, 1.02)
         if self.viewer is not None:
-            style_axes(self.figure, [self.ax_loss, self.ax_dice], self.viewer)
+            style_axes(self.figure, [self.ax_loss, self.ax_score], self.viewer)
         self._loss_lines: dict[int, Any] = {}
-        self._dice_lines: dict[int, Any] = {}
+        self._score_lines: dict[int, Any] = {}
         self._add_lines(0)  # the first member's lines exist up front: no full redraw for them
-        self._loss_range: tuple[float, float] | None = (-1.0, 0.0) if dice_loss else None
+        self._loss_range: tuple[float, float] | None = (0.0, 1.0) if dice_loss else None
         self._background: Any = None
         self.figure.set_layout_engine("constrained")
 
@@ -167,14 +209,14 @@ class TrainingPlot:
         self.figure.set_layout_engine("constrained")
 
     def _all_lines(self) -> list[Any]:
-        return [*self._loss_lines.values(), *self._dice_lines.values()]
+        return [*self._loss_lines.values(), *self._score_lines.values()]
 
     def _fit_limits(self) -> None:
         """Axes that just hold the data (at the end of a run)."""
         steps = max((xs[-1] for xs, _ in self._loss.values() if xs), default=0)
-        epochs = max((xs[-1] for xs, _ in self._dice.values() if xs), default=0)
+        epochs = max((xs[-1] for xs, _ in self._score.values() if xs), default=0)
         self.ax_loss.set_xlim(0, max(steps, 1) * 1.03)
-        self.ax_dice.set_xlim(0, max(epochs, 1) + 0.5)
+        self.ax_score.set_xlim(0, max(epochs, 1) + 0.5)
         values = [y for _, ys in self._loss.values() for y in ys]
         if values:
             lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
@@ -193,9 +235,9 @@ class TrainingPlot:
         if steps > self.ax_loss.get_xlim()[1]:
             self.ax_loss.set_xlim(0, max(10, int(2.5 * steps), 5 * steps_per_epoch))
             changed = True
-        epochs = max((xs[-1] for xs, _ in self._dice.values() if xs), default=0)
-        if epochs > self.ax_dice.get_xlim()[1]:
-            self.ax_dice.set_xlim(0, max(5, int(2.5 * epochs)))
+        epochs = max((xs[-1] for xs, _ in self._score.values() if xs), default=0)
+        if epochs > self.ax_score.get_xlim()[1]:
+            self.ax_score.set_xlim(0, max(5, int(2.5 * epochs)))
             changed = True
         values = [y for _, ys in self._loss.values() for y in ys[-2000:]]
         if values:
@@ -217,7 +259,7 @@ class TrainingPlot:
         (self._loss_lines[member],) = self.ax_loss.plot(
             [], [], lw=0.8, color=color, label=f"member {member + 1}", animated=True
         )
-        (self._dice_lines[member],) = self.ax_dice.plot(
+        (self._score_lines[member],) = self.ax_score.plot(
             [], [], "o-", ms=3, lw=1, color=color, animated=True
         )
 
@@ -233,14 +275,14 @@ class TrainingPlot:
             return
         self._dirty = False
         new_line = False
-        for member in sorted({*self._loss, *self._dice}):
+        for member in sorted({*self._loss, *self._score}):
             if member not in self._loss_lines:
                 self._add_lines(member)
                 new_line = True
             if member in self._loss:
                 self._loss_lines[member].set_data(*self._loss[member])
-            if member in self._dice:
-                self._dice_lines[member].set_data(*self._dice[member])
+            if member in self._score:
+                self._score_lines[member].set_data(*self._score[member])
         if new_line and len(self._loss_lines) > 1:
             self.ax_loss.legend(fontsize=7)
         if force and not running:

@@ -46,6 +46,7 @@ from ..postprocess import (
     remove_small_labels,
     split_label_along_line,
 )
+from ._docks import tab_with_other_docks
 from ._forms import LayerCombo, scroll_body
 from ._layers import METADATA_KEY, RESULT_KEY, apply_labels, current_slice, layer_data
 from ._notify import report_error
@@ -122,6 +123,7 @@ class CorrectWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        tab_with_other_docks(self, "Correct")
         self.viewer = napari_viewer
         self._preview: _Preview | None = None
         self._build()

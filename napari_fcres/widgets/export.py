@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import FcresError, InputError
 from ..io import safe_name
-from ._docks import open_dock_widget
+from ._docks import open_dock_widget, tab_with_other_docks
 from ._forms import LayerCombo, PathEdit, scroll_body
 from ._layers import METADATA_KEY, edit_events, layer_data, prefer_source_image
 from ._notify import notify_info, report_error
@@ -98,6 +98,7 @@ class ExportWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        tab_with_other_docks(self, "Export")
         self.viewer = napari_viewer
         self.train_widget: Any = None
         self._watched: Any = None

@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import FcresError, InputError
+from ._docks import tab_with_other_docks
 from ._forms import LayerCombo, PathEdit, scroll_body
 from ._job import WidgetJob
 from ._layers import label_name, layer_source
@@ -77,6 +78,7 @@ class ExportModelWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        tab_with_other_docks(self, "Export model")
         self.viewer = napari_viewer
         self.job = WidgetJob(self, "model export", on_state_changed=self._update_enabled)
         self._output_edited = False

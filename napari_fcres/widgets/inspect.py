@@ -26,6 +26,7 @@ from ..errors import FcresError, InputError
 from ..jobs import InspectResult, inspect_job
 from ..runs import BEST_NAME
 from ..worker_process import STOP
+from ._docks import tab_with_other_docks
 from ._forms import LayerCombo, device_choices, scroll_body
 from ._job import WidgetJob, prestart_worker_process
 from ._layers import RESULT_KEY, current_slice, layer_data, layer_names
@@ -59,6 +60,7 @@ class InspectWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        tab_with_other_docks(self, "Inspect")
         self.viewer = napari_viewer
         self.last_result: InspectResult | None = None
         self.job = WidgetJob(self, "computation", on_state_changed=self._update_enabled)

@@ -41,6 +41,7 @@ from ..errors import FcresError, InputError
 from ..io import layer_spacing
 from ..jobs import THRESHOLD, PredictJobResult, predict_job, preview_job
 from ..worker_process import REPORT, STOP
+from ._docks import tab_with_other_docks
 from ._forms import LayerCombo, PathEdit, device_choices, scroll_body
 from ._job import WidgetJob, prestart_worker_process
 from ._layers import (
@@ -163,6 +164,7 @@ class PredictWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        tab_with_other_docks(self, "Predict")
         self.viewer = napari_viewer
         self.job = WidgetJob(self, "prediction", on_state_changed=self._update_enabled,
                              on_stop_requested=self._on_stop_requested)

@@ -48,12 +48,13 @@ from ..runs import unused_dir as _unused
 from ..selection import metric_name
 from ..train_config import build_train_config
 from ..worker_process import STOP, WorkerProcessDied, cpu_threads_for_worker
+from ._docks import tab_with_other_docks
 from ._forms import LayerCombo, PathEdit, device_choices, scroll_body
 from ._job import WidgetJob, prestart_worker_process
 from ._layers import edit_events, is_lazy_layer, layer_data
-from ._notify import WorkerFailed, notify_info, notify_warning, report_error
+from ._notify import WorkerFailed, notify_warning, report, report_error
 from ._pickers import remember_checkpoints
-from ._plot import TrainingPlot
+from ._plot import TrainingPlot, loss_label, shown_loss
 
 if TYPE_CHECKING:
     import napari
@@ -97,6 +98,30 @@ def detect_partial(labels: np.ndarray, axis: int = 0) -> bool:
     return detect_label_mode(labels) == "partial"
 
 
+def validation_basis(n_slices: int, val_fraction: float, progress: Any = None) -> str:
+    """What the validation scores of a run are based on, in words ("" when unknown).
+
+    The run's own account (``progress.validation_basis``, when the training loop reports one)
+    wins; otherwise it follows from the ``n_slices`` annotated slices training sees and the
+    held-out fraction, as :func:`napari_fcres.training.split_slices` splits them (not imported:
+    it would import torch into napari's process).
+    """
+    told = getattr(progress, "validation_basis", None)
+    if told:
+        return str(told)
+    if progress is not None or n_slices < 1:
+        return ""
+    n_val = int(round(val_fraction * n_slices)) if n_slices >= 2 else 0
+    n_val = min(max(n_val, 1 if val_fraction > 0 and n_slices >= 2 else 0), n_slices - 1)
+    if n_val == 0:
+        what = "the training slice" if n_slices == 1 else f"the {n_slices} training slices"
+        return f"validating on {what} itself: scores are optimistic"
+    held = f"{n_val} held-out slice{'s' if n_val > 1 else ''}"
+    if n_val <= 2:
+        return f"validating on {held}: scores are rough"
+    return f"validating on {held} of {n_slices}"
+
+
 def _rgb_error(name: str) -> InputError:
     return InputError(
         f"image {name!r} is an RGB (colour) image; training needs one grey-value channel: "
@@ -123,6 +148,7 @@ class TrainWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        tab_with_other_docks(self, "Train")
         self.viewer = napari_viewer
         self.last_result: TrainResult | None = None
         self.best_checkpoints: list[Path] = []
@@ -136,6 +162,8 @@ class TrainWidget(QWidget):
         self._shown: TrainProgress | None = None
         self._ticking = False
         self._run_dir: Path | None = None
+        self._loss = "dice"
+        self._basis = ""  # what the validation of the running run is based on
         self._build()
         self._plot_timer = QTimer(self)
         self._plot_timer.setInterval(PLOT_INTERVAL_MS)
@@ -485,6 +513,13 @@ class TrainWidget(QWidget):
 
         self.summary = summary
         lines = [html.escape(summary.counts_text())]
+        left_out = summary.n_slices - len(summary.annotated)
+        if left_out > 0:
+            n = len(summary.annotated)
+            lines.append(html.escape(
+                f"(% of the pixels on {'that slice' if n == 1 else f'those {n} slices'}; the "
+                f"other {left_out} slice{'s' if left_out > 1 else ''} hold no labels and "
+                f"{'is' if left_out == 1 else 'are'} left out)"))
         lines += [f"<span style='color:#ff6b6b'>✖ {html.escape(p)}</span>"
                   for p in summary.problems]
         lines += [f"<span style='color:#f0a030'>⚠ {html.escape(w)}</span>"
@@ -727,17 +762,20 @@ class TrainWidget(QWidget):
         self._latest = self._shown = None
         if not (resume and self._plot_dir == out):
             self._reset_plot_data()
-            self._setup_axes(dice_loss=cfg.train.loss == "dice")
+            select = cfg.train.select_by
+            self._setup_axes(loss=cfg.train.loss, metric=None if select == "auto" else select)
             self.canvas.draw()
         self._plot_dir = out
         self._run_dir = out
         desc = f"Training {cfg.model.preset} {cfg.model.architecture}"
         verb = "Resuming" if resume else "Starting"
-        self.status_label.setText(f"{verb} training into {out} ...")
+        self._basis = validation_basis(len(summary.annotated), cfg.train.val_fraction)
+        self.status_label.setText(f"{verb} training into {out} ({self._basis}) ...")
         log.info("%s training into %s (labels: %s, %s; slices=%s)", verb.lower(), out,
                  label_mode, summary.counts_text(), None if slices is None else list(slices))
-        if summary.warnings:
-            notify_warning("Training starts, but check the labels: " + " ".join(summary.warnings))
+        if summary.warnings:  # in full (orange) under the labels; the toast only points there
+            notify_warning("Training starts, but check the labels (see the Train dock)")
+            log.warning("check the labels: %s", " ".join(summary.warnings))
         self.status_label.setFixedHeight(self._status_height)
         self._plot_timer.start()
         self.job.start(
@@ -762,10 +800,12 @@ class TrainWidget(QWidget):
         # Only record here: napari's progress bar calls processEvents() when updated, which
         # would deliver later reports re-entrantly; the GUI is refreshed by the timer (_tick).
         self._latest = p
+        self.plot.set_metric(p.metric)
+        score = p.val_score if p.val_score is not None else p.val_dice
         if p.kind == "step" and p.loss is not None:
             self.plot.add_step(p.member, p.step, p.loss)
-        elif p.kind == "validation" and p.val_dice is not None:
-            self.plot.add_validation(p.member, p.epoch, p.val_dice)
+        elif p.kind == "validation" and score is not None:
+            self.plot.add_validation(p.member, p.epoch, score)
         self.progressed.emit(p)
 
     def _tick(self, force: bool = False) -> None:
@@ -797,11 +837,14 @@ class TrainWidget(QWidget):
         parts.append(f"epoch {min(epoch, p.epochs)}/{p.epochs}")
         parts.append(f"step {p.step}")
         if p.loss is not None:
-            parts.append(f"loss {p.loss:.4f}")
+            parts.append(f"loss ({loss_label(self._loss)}) {shown_loss(p.loss):.4f}")
         if p.best_val_dice is not None:
             parts.append(f"best val {metric_name(p.metric)} {p.best_val_dice:.3f} "
                          f"(epoch {p.best_epoch})")
         parts.append(f"{int(p.elapsed) // 60}:{int(p.elapsed) % 60:02d} elapsed")
+        basis = validation_basis(0, 0.0, p) or self._basis
+        if basis:
+            parts.append(basis)
         return " · ".join(parts)
 
     def _on_done(self, result: TrainResult) -> None:
@@ -813,16 +856,17 @@ class TrainWidget(QWidget):
         where = self.best_checkpoints[0] if len(self.best_checkpoints) == 1 else result.out_dir
         name = metric_name(result.metric)
         best = f"best validation {name} {dice or 'n/a'}"
+        basis = f" ({self._basis})" if self._basis else ""
+        self.status_label.setMaximumHeight(QWIDGETSIZE_MAX)
         if result.warnings:  # e.g. no better than predicting one class everywhere
             msg = (f"Training {state}, but " + "; ".join(result.warnings).rstrip(".")
-                   + f".  ({best}; checkpoint: {where})")
-            self.status_label.setMaximumHeight(QWIDGETSIZE_MAX)
-            self.status_label.setText(msg)
-            notify_warning(msg)
+                   + f".  ({best}; checkpoint: {where}){basis}")
+            first = result.warnings[0].split(":")[0]
+            report(self.status_label, msg, toast=f"Training {state}, but {first}",
+                   level="warning")
         else:
-            msg = f"Training {state}: {best}; best model: {where}"
-            self.status_label.setText(msg)
-            notify_info(msg)
+            msg = f"Training {state}: {best}{basis}; best model: {where}"
+            report(self.status_label, msg, toast=f"Training {state}: best {name} {dice or 'n/a'}")
         self.finished.emit(result)
 
     def _on_error(self, exc: WorkerFailed) -> None:
@@ -848,28 +892,26 @@ class TrainWidget(QWidget):
         self.status_label.setMaximumHeight(QWIDGETSIZE_MAX)  # whole messages between runs
         self._plot_timer.stop()
         self._redraw(force=True)
-        result = self.last_result
-        if (
-            result is not None and not result.stopped and self._run_dir is not None
-            and Path(result.out_dir) == self._run_dir and self._run_dir.parent == runs_root()
-        ):
-            # a finished run has nothing to resume: the next Start gets a fresh default folder
-            self._set_output(default_output_dir())
+        # the Output field keeps the run's folder, as the status names it: Start never writes
+        # into a folder holding a run (it picks a fresh one), Resume is off for a finished run
 
     # ------------------------------------------------------------------ plot
     canvas = property(lambda self: self.plot.canvas, doc="The plot's Qt canvas.")
     figure = property(lambda self: self.plot.figure, doc="The plot's matplotlib figure.")
     ax_loss = property(lambda self: self.plot.ax_loss, doc="Axes of the loss per step.")
-    ax_dice = property(lambda self: self.plot.ax_dice, doc="Axes of the validation Dice.")
+    ax_score = property(lambda self: self.plot.ax_score,
+                        doc="Axes of the validation score that keeps the best checkpoint.")
 
     def _reset_plot_data(self) -> None:
         self.plot.reset()
 
-    def _setup_axes(self, dice_loss: bool = True) -> None:
-        self.plot.setup_axes(dice_loss=dice_loss)
+    def _setup_axes(self, loss: str = "dice", metric: str | None = None) -> None:
+        self._loss = loss
+        self.plot.setup_axes(loss=loss, metric=metric)
 
     def plot_data(self) -> dict[str, dict[int, tuple[list, list]]]:
-        """The plotted series: ``{"loss": {member: (steps, losses)}, "dice": {...}}``."""
+        """The plotted series: ``{"loss": {member: (steps, losses as shown)}, "score": {member:
+        (epochs, validation scores)}}`` (see :class:`~._plot.TrainingPlot`)."""
         return self.plot.data()
 
     def _redraw(self, force: bool = False) -> None:

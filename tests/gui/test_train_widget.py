@@ -20,9 +20,10 @@ from qtpy.QtWidgets import (
 
 from napari_fcres.checkpoint import read_checkpoint
 from napari_fcres.config import preset_config
+from napari_fcres.selection import metric_name
 from napari_fcres.training import replace_train, run_training
 from napari_fcres.widgets._pickers import recent_checkpoints
-from napari_fcres.widgets.train import TrainWidget, detect_partial
+from napari_fcres.widgets.train import TrainWidget, detect_partial, validation_basis
 
 pytestmark = pytest.mark.gui
 
@@ -106,15 +107,23 @@ def test_full_training_run(viewer, qtbot, em_layers, tmp_path, make_train_widget
     assert recent_checkpoints() == [best]
     ck = read_checkpoint(best)
     assert ck["preset"] == "tiny" and ck["architecture"] == "pipeline"
-    # live plot: a loss per step, a validation Dice per epoch
+    # live plot: a loss per step, the validation score that keeps the checkpoint per epoch
     data = widget.plot_data()
     steps, losses = data["loss"][0]
     assert len(steps) >= 2 and steps == sorted(steps) and np.isfinite(losses).all()
-    assert data["dice"][0][0] == [1, 2]
+    assert data["score"][0][0] == [1, 2]
     line = widget.ax_loss.get_lines()[0]
     assert len(line.get_xdata()) == len(steps)
-    assert len(widget.ax_dice.get_lines()[0].get_xdata()) == 2
+    assert len(widget.ax_score.get_lines()[0].get_xdata()) == 2
+    # the loss is shown as 1 - Dice (positive, falls), the score is the one that decides
+    assert widget.ax_loss.get_title() == "training loss (1 − Dice)"
+    assert all(0.0 <= v <= 1.0 for v in losses)
+    assert f"validation {metric_name(result.metric)}" in widget.ax_score.get_title()
     assert "finished" in widget.status_label.text()
+    assert "validating on" in widget.status_label.text()
+    # the Output field still names the run the status names (Start would pick a new folder)
+    assert Path(widget.output_edit.path()) == tmp_path / "run"
+    assert str(best) in widget.status_label.text()
     assert_usable(widget)
 
 
@@ -401,3 +410,19 @@ def test_resume_with_nothing_to_resume_says_so(viewer, qtbot, em_layers, tmp_pat
     assert not widget.is_running()
     assert any("nothing to resume in" in m and str(tmp_path / "run") in m
                for m in notifications.messages())
+
+
+@pytest.mark.parametrize("n, fraction", [(1, 0.2), (2, 0.2), (4, 0.2), (5, 0.0), (30, 0.2)])
+def test_validation_basis_follows_the_split(n, fraction):
+    """The status says what validation is based on, counted as training splits the slices."""
+    from napari_fcres.training import split_slices
+
+    _, val = split_slices(list(range(n)), fraction, seed=0)
+    text = validation_basis(n, fraction)
+    if val:
+        assert text.startswith(f"validating on {len(val)} held-out slice")
+        assert ("rough" in text) == (len(val) <= 2)
+    else:
+        assert "itself: scores are optimistic" in text
+    told = type("P", (), {"validation_basis": "validating on held-out tiles"})()
+    assert validation_basis(n, fraction, told) == "validating on held-out tiles"
