@@ -24,6 +24,13 @@ ARCHITECTURES: tuple[str, ...] = (
 WEIGHT_DECAY_MODES: tuple[str, ...] = ("coupled", "decoupled")
 OPTIMIZERS: tuple[str, ...] = ("rmsprop", "adamw")
 SELECT_BY: tuple[str, ...] = ("auto", "dice", "v_rand")
+#: How the validation scores are written for people.
+METRIC_NAMES: dict[str, str] = {"dice": "Dice", "v_rand": "V_rand"}
+
+
+def metric_name(metric: str) -> str:
+    """How a metric is written for people: "Dice" or "V_rand"."""
+    return METRIC_NAMES.get(metric, metric)
 
 
 @dataclass

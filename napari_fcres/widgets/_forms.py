@@ -5,16 +5,24 @@
 * :class:`LayerCombo` - a combo box of the viewer's layers of one type that follows layer
   insertion, removal and renaming; ``.layer()`` gives the chosen layer.
 * :class:`PathEdit` - a line edit plus "Browse..." button for a file or folder.
-* :func:`device_choices` - ``(label, key)`` of every compute device.
+* :class:`DeviceCombo` / :func:`device_choices` - the compute devices.  They are asked once
+  per session from a child process (:func:`napari_fcres.jobs.device_job`, polled by a timer):
+  importing torch here to list them froze the first dock for seconds.  Until the answer comes
+  the CPU alone is listed; then every combo fills in and chooses the first GPU unless a device
+  was chosen.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QSize, Qt, Signal
+from qtpy.QtCore import QObject, QSize, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -32,7 +40,8 @@ from ..errors import FcresError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_DOCK_HEIGHT", "scroll_body", "LayerCombo", "PathEdit", "device_choices"]
+__all__ = ["MIN_DOCK_HEIGHT", "scroll_body", "LayerCombo", "PathEdit", "DeviceCombo",
+           "device_choices", "device_list"]
 
 
 # ----------------------------------------------------------------------------- layout
@@ -242,8 +251,143 @@ class PathEdit(QWidget):
 # ----------------------------------------------------------------------------- devices
 
 
-def device_choices() -> list[tuple[str, str]]:
-    """``(label, key)`` per compute device: CUDA GPUs by name, Apple MPS, then the CPU."""
-    from ..device import available_devices
+#: What :func:`device_choices` lists until the worker process has answered.
+CPU_ONLY: list[tuple[str, str]] = [("CPU", "cpu")]
 
-    return [(d.name, d.key) for d in available_devices()]
+
+#: How often (ms) the device query's child process is looked at.
+DEVICE_POLL_MS = 100
+#: What the child process runs: the device list as JSON on its stdout.
+_DEVICE_CODE = ("import json, sys\nfrom napari_fcres.jobs import device_job\n"
+                "json.dump(device_job(), sys.stdout)\n")
+
+
+class _DeviceList(QObject):
+    """The session's compute devices; ``changed`` carries them once they are known.
+
+    A child Python lists them (no thread: a timer of the GUI thread polls it, and closing
+    napari while it runs leaves nothing behind but the child, which ends on its own).  With
+    ``NAPARI_FCRES_WORKER=thread`` (debugging) they are listed here, importing torch.
+    """
+
+    changed = Signal(list)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.choices: list[tuple[str, str]] | None = None
+        self._proc: subprocess.Popen | None = None
+        self._timer: QTimer | None = None
+
+    def request(self) -> None:
+        """Start listing the devices (once; the answer fires ``changed``)."""
+        if self.choices is not None or self._proc is not None:
+            return
+        from ._job import process_workers_enabled
+
+        if not process_workers_enabled():
+            from ..jobs import device_job
+
+            self._answer(device_job())
+            return
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH"))
+                                            if p)
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _DEVICE_CODE], stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, text=True,
+                creationflags=flags,
+            )
+        except OSError as exc:
+            log.warning("could not list the compute devices: %s", exc)
+            self._answer([])
+            return
+        self._timer = QTimer(self)
+        self._timer.setInterval(DEVICE_POLL_MS)
+        self._timer.timeout.connect(self._poll)
+        self._timer.start()
+
+    def _poll(self) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is None:
+            return
+        if self._timer is not None:
+            self._timer.stop()
+        out, err = proc.communicate()
+        self._proc = None
+        try:
+            if proc.returncode != 0:
+                raise ValueError(err.strip().splitlines()[-1] if err.strip() else
+                                 f"exit code {proc.returncode}")
+            choices = json.loads(out)
+        except ValueError as exc:
+            log.warning("could not list the compute devices (%s); offering the CPU", exc)
+            choices = []
+        self._answer(choices)
+
+    def _answer(self, choices: list) -> None:
+        self.choices = [(str(label), str(key)) for label, key in choices] or list(CPU_ONLY)
+        self.changed.emit(list(self.choices))
+
+
+_DEVICES: _DeviceList | None = None
+
+
+def device_list() -> _DeviceList:
+    """The session's device list (connect to its ``changed(list)`` signal)."""
+    global _DEVICES
+    if _DEVICES is None:
+        _DEVICES = _DeviceList()
+    return _DEVICES
+
+
+def device_choices() -> list[tuple[str, str]]:
+    """``(label, key)`` per compute device: CUDA GPUs by name, Apple MPS, then the CPU.
+
+    The CPU alone until a worker process has listed the devices (asked now if not yet).
+    """
+    devices = device_list()
+    devices.request()
+    return list(devices.choices or CPU_ONLY)
+
+
+class DeviceCombo(QComboBox):
+    """Combo of the compute devices (``currentData()`` is the key: "cuda:0", "mps", "cpu").
+
+    Fills in when the device list arrives (:func:`device_list`); the first device (a GPU when
+    there is one) is chosen then, unless a device was chosen meanwhile.  ``devices_changed``
+    is emitted after every fill.
+    """
+
+    devices_changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._filling = False
+        self._chosen = False
+        self.currentIndexChanged.connect(self._on_index_changed)
+        device_list().changed.connect(self._fill)
+        self._fill(device_choices())
+
+    def _on_index_changed(self, *_: Any) -> None:
+        if not self._filling:
+            self._chosen = True
+
+    def _fill(self, choices: list) -> None:
+        current = self.currentData()
+        keys = [key for _, key in choices]
+        self._filling = True
+        try:
+            self.clear()
+            for label, key in choices:
+                self.addItem(label, key)
+            self.setCurrentIndex(keys.index(current) if self._chosen and current in keys else 0)
+        finally:
+            self._filling = False
+        self.devices_changed.emit()
+
+    def has_gpu(self) -> bool:
+        """Whether a device other than the CPU is listed."""
+        return any(self.itemData(i) != "cpu" for i in range(self.count()))

@@ -57,12 +57,17 @@ RESULT_SUFFIXES = (" probability", " normalized", " disagreement",
 
 
 def layer_names(image_name: str) -> dict[str, str]:
-    """Names of the layers a prediction of ``image_name`` creates."""
+    """Names of the layers a prediction of ``image_name`` creates.
+
+    One style: ``"<image> <what it holds>"``.  The labels are "predicted labels": a sample's or
+    a user's own labels of the image are often called ``"<image> labels"`` (e.g. "ISBI 2012
+    train labels"), and two layers of one name would be told apart only by napari's "[1]".
+    """
     return {
         "probability": f"{image_name} probability",
         "normalized": f"{image_name} normalized",
         "disagreement": f"{image_name} disagreement",
-        "labels": f"{image_name} labels",
+        "labels": f"{image_name} predicted labels",
     }
 
 

@@ -36,7 +36,7 @@ from ..io import safe_name
 from ._docks import open_dock_widget, tab_with_other_docks
 from ._forms import LayerCombo, PathEdit, scroll_body
 from ._layers import METADATA_KEY, edit_events, layer_data, prefer_source_image
-from ._notify import notify_info, report_error
+from ._notify import report, report_error
 
 if TYPE_CHECKING:
     import napari
@@ -388,8 +388,7 @@ class ExportWidget(QWidget):
         }
         paths["info"].write_text(json.dumps(info, indent=2))
         msg = f"Exported {paths['image'].name} and {paths['labels'].name} to {out_dir}"
-        self.status_label.setText(msg)
-        notify_info(msg)
+        report(self.status_label, msg, toast="Exported the training pair")
         self.exported.emit(paths)
         return paths
 

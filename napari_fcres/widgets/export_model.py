@@ -31,7 +31,7 @@ from ._docks import tab_with_other_docks
 from ._forms import LayerCombo, PathEdit, scroll_body
 from ._job import WidgetJob
 from ._layers import label_name, layer_source
-from ._notify import WorkerFailed, notify_info, report_error
+from ._notify import WorkerFailed, report, report_error
 from ._pickers import CheckpointList
 
 if TYPE_CHECKING:
@@ -237,8 +237,7 @@ class ExportModelWidget(QWidget):
     # ------------------------------------------------------------------ worker callbacks
     def _on_done(self, path: Path) -> None:
         msg = f"Exported the bioimage.io model package {path}"
-        self.status_label.setText(msg)
-        notify_info(msg)
+        report(self.status_label, msg, toast="Exported the model package")
         self.exported.emit(Path(path))
 
     def _on_error(self, exc: WorkerFailed) -> None:

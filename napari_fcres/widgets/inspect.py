@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtWidgets import (
     QButtonGroup,
-    QComboBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -27,18 +26,20 @@ from ..jobs import InspectResult, inspect_job
 from ..runs import BEST_NAME
 from ..worker_process import STOP
 from ._docks import tab_with_other_docks
-from ._forms import LayerCombo, device_choices, scroll_body
+from ._forms import DeviceCombo, LayerCombo, scroll_body
 from ._job import WidgetJob, prestart_worker_process
 from ._layers import RESULT_KEY, current_slice, layer_data, layer_names
 from ._notify import WorkerFailed, report_error
 from ._pickers import CheckpointCombo
-from ._plot import make_canvas, style_axes
+from ._plot import LazyCanvas, style_axes
 
 if TYPE_CHECKING:
     import napari
 
 log = logging.getLogger(__name__)
 
+#: Axes margins in pixels (left, right, top, bottom, gap): the legends sit right of the axes.
+LEGEND_MARGINS_PX = (44, 62, 22, 30, 46)
 BACKGROUND_COLOR = "#e8743b"
 FOREGROUND_COLOR = "#3ba7e8"
 
@@ -101,9 +102,7 @@ class InspectWidget(QWidget):
         row.addWidget(self.slice_radio)
         row.addWidget(self.stack_radio)
         form.addRow("Scope", row)
-        self.device_combo = QComboBox()
-        for label, key in device_choices():
-            self.device_combo.addItem(label, key)
+        self.device_combo = DeviceCombo()
         self.device_combo.setToolTip("Compute device for the model")
         form.addRow("Device", self.device_combo)
         root.addLayout(form)
@@ -126,14 +125,41 @@ class InspectWidget(QWidget):
         self.status_label.setToolTip("State of the last computation")
         root.addWidget(self.status_label)
 
-        self.canvas, self.figure, axes = make_canvas((4.0, 4.4), nrows=2, viewer=self.viewer)
-        self.ax_raw, self.ax_norm = axes
-        self.canvas.setToolTip(
-            "Intensity histograms of background and foreground pixels at the input (top) and "
-            "after the learned pre-processor (bottom); dashed: fitted normal distributions"
+        self.plot_box = LazyCanvas(
+            (4.0, 4.4), nrows=2, viewer=self.viewer, margins=LEGEND_MARGINS_PX,
+            tooltip="Intensity histograms of background and foreground pixels at the input "
+            "(top) and after the learned pre-processor (bottom); dashed: fitted normal "
+            "distributions",
         )
-        self._setup_axes()
-        root.addWidget(self.canvas, 1)
+        self.plot_box.ready.connect(self._setup_axes)
+        if self.plot_box.is_ready:
+            self._setup_axes()
+        root.addWidget(self.plot_box, 1)
+
+    # the figure comes once matplotlib is imported (in the background); these make it now
+    @property
+    def canvas(self) -> Any:
+        """The histograms' Qt canvas."""
+        self.plot_box.ensure()
+        return self.plot_box.canvas
+
+    @property
+    def figure(self) -> Any:
+        """The histograms' matplotlib figure."""
+        self.plot_box.ensure()
+        return self.plot_box.figure
+
+    @property
+    def ax_raw(self) -> Any:
+        """Axes of the input histograms."""
+        self.plot_box.ensure()
+        return self.plot_box.axes[0]
+
+    @property
+    def ax_norm(self) -> Any:
+        """Axes of the pre-processor output histograms."""
+        self.plot_box.ensure()
+        return self.plot_box.axes[1]
 
     def _setup_axes(self) -> None:
         for ax, title in ((self.ax_raw, "input"), (self.ax_norm, "pre-processor output")):

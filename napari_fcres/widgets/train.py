@@ -7,6 +7,7 @@ the progress and shows notifications.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..config import ARCHITECTURES, PRESET_HELP, PRESETS, SELECT_BY, Config, preset_config
+from ..config import (
+    ARCHITECTURES,
+    PRESET_HELP,
+    PRESETS,
+    SELECT_BY,
+    Config,
+    metric_name,
+    preset_config,
+)
 from ..errors import FcresError, InputError
 from ..jobs import train_job
 from ..labels_summary import LABEL_MODES, LabelSummary, detect_label_mode, summarize_labels
@@ -45,12 +54,11 @@ from ..runs import (
 from ..runs import holds_run as _holds_run
 from ..runs import is_resumable as _resumable
 from ..runs import unused_dir as _unused
-from ..selection import metric_name
 from ..train_config import build_train_config
 from ..worker_process import STOP, WorkerProcessDied, cpu_threads_for_worker
 from ._docks import tab_with_other_docks
-from ._forms import LayerCombo, PathEdit, device_choices, scroll_body
-from ._job import WidgetJob, prestart_worker_process
+from ._forms import DeviceCombo, LayerCombo, PathEdit, scroll_body
+from ._job import WidgetJob, prestart_worker_process, start_worker
 from ._layers import edit_events, is_lazy_layer, layer_data
 from ._notify import WorkerFailed, notify_warning, report, report_error
 from ._pickers import remember_checkpoints
@@ -75,6 +83,8 @@ ARCHITECTURE_HELP = {
 PLOT_INTERVAL_MS = 400
 #: Recount the label values this long after the last paint stroke / undo (ms).
 RECOUNT_MS = 400
+#: Labels up to this many pixels are counted on the GUI thread, larger ones in a thread.
+COUNT_AT_ONCE = 2_000_000
 #: The label-mode choices: (mode, text shown, tooltip).
 LABEL_MODE_ITEMS = (
     ("full", "full labels", LABEL_MODES["full"] + " (e.g. ISBI: 0 membrane, 255 cell)"),
@@ -96,6 +106,12 @@ def detect_partial(labels: np.ndarray, axis: int = 0) -> bool:
     compatibility.
     """
     return detect_label_mode(labels) == "partial"
+
+
+def count_labels(labels: np.ndarray, mode: str | None) -> tuple[str, LabelSummary]:
+    """``(mode, summary)``: the label values counted in ``mode`` (None: detected)."""
+    mode = mode or detect_label_mode(labels)
+    return mode, summarize_labels(labels, mode)
 
 
 def validation_basis(n_slices: int, val_fraction: float, progress: Any = None) -> str:
@@ -164,6 +180,7 @@ class TrainWidget(QWidget):
         self._run_dir: Path | None = None
         self._loss = "dice"
         self._basis = ""  # what the validation of the running run is based on
+        self._counting: object | None = None  # the label count running in a thread
         self._build()
         self._plot_timer = QTimer(self)
         self._plot_timer.setInterval(PLOT_INTERVAL_MS)
@@ -226,9 +243,11 @@ class TrainWidget(QWidget):
         for i, name in enumerate(PRESETS):
             self.preset_combo.addItem(name)
             self.preset_combo.setItemData(i, PRESET_HELP.get(name, ""), Qt.ToolTipRole)
-        has_gpu = any(key != "cpu" for _, key in device_choices())
-        self.preset_combo.setCurrentText("small" if has_gpu else "cpu")
+        self.device_combo = DeviceCombo()  # laid out below; it decides the default preset
+        self.preset_combo.setCurrentText("small" if self.device_combo.has_gpu() else "cpu")
+        self._preset_defaulted = True  # until someone chooses: "small" once a GPU shows up
         self.preset_combo.currentTextChanged.connect(self._on_preset_changed)
+        self.device_combo.devices_changed.connect(self._on_devices_listed)
         form.addRow("Preset", self.preset_combo)
         self.arch_combo = QComboBox()
         for i, name in enumerate(ARCHITECTURES):
@@ -296,9 +315,6 @@ class TrainWidget(QWidget):
             "prediction is more accurate and gives an uncertainty map"
         )
         form.addRow("Ensemble", self.ensemble_spin)
-        self.device_combo = QComboBox()
-        for label, key in device_choices():
-            self.device_combo.addItem(label, key)
         self.device_combo.setToolTip("Compute device (CUDA GPUs by name, Apple MPS, CPU)")
         form.addRow("Device", self.device_combo)
         self.output_edit = PathEdit(
@@ -402,8 +418,9 @@ class TrainWidget(QWidget):
         root.addWidget(self.status_label)
 
         self.plot = TrainingPlot(self.viewer)
-        root.addWidget(self.plot.canvas, 1)
+        root.addWidget(self.plot.widget, 1)
         self._on_preset_changed(self.preset_combo.currentText())
+        self._preset_defaulted = True
         self._on_arch_changed(self.arch_combo.currentText())
 
     # ------------------------------------------------------------------ state
@@ -434,7 +451,14 @@ class TrainWidget(QWidget):
             not running and out is not None and _resumable(out) and not finished_here
         )
 
+    def _on_devices_listed(self) -> None:
+        """The device list came: a GPU makes "small" the default preset (unless chosen)."""
+        if self._preset_defaulted and self.device_combo.has_gpu():
+            self.preset_combo.setCurrentText("small")
+            self._preset_defaulted = True
+
     def _on_preset_changed(self, preset: str) -> None:
+        self._preset_defaulted = False
         if preset in PRESETS:
             self.batch_spin.setValue(preset_config(preset).train.batch_size)
             self.preset_combo.setToolTip(
@@ -489,23 +513,64 @@ class TrainWidget(QWidget):
         if not self.is_running() and layer is not None and not is_lazy_layer(layer):
             self._recount_timer.start()  # lazy (dask / zarr) labels: counted on choice only
 
-    def _refresh_summary(self) -> None:
-        """Count the label values of the chosen layer in the chosen (or detected) mode."""
+    def _refresh_summary(self, *, wait: bool = False) -> None:
+        """Count the label values of the chosen layer in the chosen (or detected) mode.
+
+        Small labels are counted at once; larger ones (a 30-slice stack: tens of ms or more)
+        in a thread, so that choosing the layer or pausing a brush stroke never freezes the
+        viewer.  ``wait`` counts at once whatever the size (before a run starts).
+        """
         self._recount_timer.stop()
         layer = self.labels_combo.layer()
         if layer is None:
+            self._counting = None
             self.summary = None
             self.annotated_label.setText("")
             return
         try:
             labels = layer_data(layer)
-            if not self._mode_user_set:
-                self.label_mode_combo.setCurrentIndex(
-                    max(0, self.label_mode_combo.findData(detect_label_mode(labels))))
-            self.show_summary(summarize_labels(labels, self.label_mode()))
         except (ValueError, MemoryError, FcresError) as exc:
+            self._counted(None, exc)
+            return
+        mode = self.label_mode() if self._mode_user_set else None
+        if wait or labels.size <= COUNT_AT_ONCE:
+            self._counting = None
+            try:
+                self._counted(count_labels(labels, mode))
+            except (ValueError, MemoryError, FcresError) as exc:
+                self._counted(None, exc)
+            return
+        token = object()
+        self._counting = token
+        self.annotated_label.setText(f"counting the label values of {layer.name!r} ...")
+
+        def done(counted: tuple[str, LabelSummary]) -> None:
+            if self._counting is token:  # else a newer count is on its way
+                self._counting = None
+                with contextlib.suppress(RuntimeError):  # the widget is gone
+                    self._counted(counted)
+
+        def failed(exc: WorkerFailed) -> None:
+            if self._counting is token:
+                self._counting = None
+                with contextlib.suppress(RuntimeError):
+                    self._counted(None, exc)
+
+        start_worker(count_labels, labels, mode, on_done=done, on_error=failed)
+
+    def _counted(self, counted: tuple[str, LabelSummary] | None,
+                 error: BaseException | None = None) -> None:
+        """Show a count (or why there is none); a detected mode becomes the choice."""
+        if counted is None:
             self.summary = None
-            self.annotated_label.setText(f"cannot count the label values: {exc}")
+            message = getattr(error, "message", None) or str(error)
+            self.annotated_label.setText(f"cannot count the label values: {message}")
+            return
+        mode, summary = counted
+        if not self._mode_user_set:
+            self.label_mode_combo.setCurrentIndex(
+                max(0, self.label_mode_combo.findData(mode)))
+        self.show_summary(summary)
 
     def show_summary(self, summary: LabelSummary) -> None:
         """Show counts, problems (red) and warnings (orange) under the labels."""
@@ -631,8 +696,8 @@ class TrainWidget(QWidget):
 
     def _current_label_mode(self) -> str:
         """The mode shown, after counting any pending paint strokes."""
-        if self._recount_timer.isActive() or self.summary is None:
-            self._refresh_summary()
+        if self._recount_timer.isActive() or self.summary is None or self._counting is not None:
+            self._refresh_summary(wait=True)
         return self.label_mode()
 
     def train_on(
@@ -764,7 +829,7 @@ class TrainWidget(QWidget):
             self._reset_plot_data()
             select = cfg.train.select_by
             self._setup_axes(loss=cfg.train.loss, metric=None if select == "auto" else select)
-            self.canvas.draw()
+            self.plot.draw()
         self._plot_dir = out
         self._run_dir = out
         desc = f"Training {cfg.model.preset} {cfg.model.architecture}"

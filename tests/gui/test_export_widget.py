@@ -109,7 +109,7 @@ def test_fine_tune_on_corrected_slices(viewer, qtbot, em_layers, tiny_checkpoint
     predict.mode_combo.setCurrentText("binary")
     click(qtbot, predict.stack_button)
     qtbot.waitUntil(lambda: not predict.is_running(), timeout=WAIT_MS)
-    labels = viewer.layers["EM (synthetic) labels"]
+    labels = viewer.layers["EM (synthetic) predicted labels"]
 
     # the Train widget as napari opens it from the Plugins menu, kept tiny
     _, train = viewer.window.add_plugin_dock_widget("napari-fcres", "Train / fine-tune")
