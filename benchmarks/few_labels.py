@@ -98,9 +98,8 @@ def _data(image: np.ndarray, labels: np.ndarray, painted: list[int], tmp: Path,
 def _suggest_next(run_dir: Path, image: np.ndarray, painted: list[int]) -> int:
     """The slice of 0-11 the tool suggests painting next, after a model trained on
     ``painted`` (its ``run`` folder)."""
-    from napari_fcres.suggest import suggest_from_models
-
     from napari_fcres.inference import load_models
+    from napari_fcres.suggest import suggest_from_models
 
     models = load_models(run_dir)
     pool = [z for z in POOL if z not in painted]

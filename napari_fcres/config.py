@@ -36,6 +36,13 @@ FEW_SLICES = 8
 FEW_LABELS_INTENSITY = 0.5
 #: epoch limit of a run given no time budget and no ``epochs``
 DEFAULT_EPOCHS = 200
+#: How the validation scores are written for people.
+METRIC_NAMES: dict[str, str] = {"dice": "Dice", "v_rand": "V_rand"}
+
+
+def metric_name(metric: str) -> str:
+    """How a metric is written for people: "Dice" or "V_rand"."""
+    return METRIC_NAMES.get(metric, metric)
 
 
 @dataclass

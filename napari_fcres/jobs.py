@@ -1,4 +1,4 @@
-"""The bodies of the widgets' background jobs: train, predict, inspect (no Qt here).
+"""The bodies of the widgets' background jobs: devices, train, predict, inspect (no Qt here).
 
 They run in a worker process (:mod:`napari_fcres.worker_process`), so they are module-level
 functions of a core module, take only picklable arguments and return picklable results.
@@ -34,6 +34,17 @@ MAX_SAMPLES = 200_000
 
 class StopFlag(Protocol):
     def is_set(self) -> bool: ...
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def device_job() -> list[tuple[str, str]]:
+    """``(label, key)`` of every compute device the worker sees: CUDA GPUs by name, Apple MPS,
+    then the CPU (asked in a worker so that napari's process never imports torch)."""
+    from .device import available_devices
+
+    return [(d.name, d.key) for d in available_devices()]
 
 
 # ----------------------------------------------------------------------------- training
@@ -121,7 +132,7 @@ def predict_job(
         progress=progress, should_stop=stop.is_set,
     )
     prob = result.probabilities if slice_index is None else result.probabilities[slice_index]
-    labels = labels_from_probabilities(prob, THRESHOLD, mode).astype(np.int32, copy=False)
+    labels = compact_labels(labels_from_probabilities(prob, THRESHOLD, mode))
     suggestions = None
     if slice_index is None and prob.ndim == 3:  # the widget drops painted slices itself
         from .suggest import suggest_slices
@@ -129,6 +140,19 @@ def predict_job(
         suggestions = suggest_slices(prob, k=None, spread=result.spread)
     return PredictJobResult(result, labels, slice_index, list(paths), mode, preview,
                             suggestions)
+
+
+def compact_labels(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as uint16 when every value fits (else int32).
+
+    napari shows uint8 / uint16 labels as they are, but hashes every shown slice of 32-bit
+    labels to a texture (and compiles that hashing with numba the first time: most of a
+    second on the GUI thread when a prediction lands); uint16 is also half the memory.
+    """
+    labels = np.asarray(labels)
+    if labels.size and 0 <= labels.min() and labels.max() <= np.iinfo(np.uint16).max:
+        return labels.astype(np.uint16, copy=False)
+    return labels.astype(np.int32, copy=False)
 
 
 def preview_job(paths: list[str], source: Any, index: int, **kwargs: Any) -> PredictJobResult:

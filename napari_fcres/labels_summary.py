@@ -47,6 +47,8 @@ LABEL_MODES: dict[str, str] = {
                "2+ = foreground",
 }
 ROLES = ("unlabeled", "background", "foreground")
+#: Elements counted at a time by :func:`_distinct`.
+_CHUNK = 1 << 20
 
 
 @dataclass
@@ -124,7 +126,12 @@ def _distinct(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
         lo, hi = int(arr.min()), int(arr.max())
         if lo >= 0 and hi < 1 << 20:
-            counts = np.bincount(arr.ravel().astype(np.int64, copy=False), minlength=hi + 1)
+            # by chunks: one int64 copy of a whole stack cost more than the counting
+            flat = arr.reshape(-1)
+            counts = np.zeros(hi + 1, dtype=np.int64)
+            for start in range(0, flat.size, _CHUNK):
+                counts += np.bincount(flat[start:start + _CHUNK].astype(np.intp, copy=False),
+                                      minlength=hi + 1)
             values = np.flatnonzero(counts)
             return values, counts[values]
     values, counts = np.unique(arr, return_counts=True)

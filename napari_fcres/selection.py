@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from .config import metric_name  # noqa: F401 - its home is config (no scipy import)
 from .metrics import DEFAULT_THRESHOLDS, dice, isbi_scores
 
 log = logging.getLogger(__name__)
@@ -25,11 +26,6 @@ MIN_CELLS_FOR_V_RAND = 20
 CELL_FRACTION = (0.4, 0.97)
 #: Thresholds scanned for the validation V_rand (a subset of the ISBI ones, for speed).
 VALIDATION_THRESHOLDS: tuple[float, ...] = tuple(DEFAULT_THRESHOLDS[1:-1:2])  # 0.1,0.3,..,0.9
-
-
-def metric_name(metric: str) -> str:
-    """How a metric is written for people: "Dice" or "V_rand"."""
-    return {"dice": "Dice", "v_rand": "V_rand"}.get(metric, metric)
 
 
 def resolve_selection(

@@ -10,6 +10,10 @@ The widgets never import each other; what they agree on about layers lives here:
   :func:`prefer_source_image` - the names of result layers and how to tell them apart.
 * :func:`apply_labels` - write new labels into a Labels layer as ONE undoable step.
 * :func:`edit_events` - the events after which a labels layer's values may differ.
+* :func:`layer_data` / :func:`current_slice` - a layer's data as numpy and the slice the
+  viewer shows.
+* :func:`layer_source` / :func:`is_lazy_layer` - a layer's full-resolution data without
+  loading it, and whether it is lazy (dask / zarr / multiscale: predict it block by block).
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ __all__ = [
     "prefer_source_image",
     "apply_labels",
     "edit_events",
+    "layer_source",
+    "is_lazy_layer",
+    "layer_data",
+    "current_slice",
 ]
 
 #: ``layer.metadata`` key under which prediction provenance is kept.
@@ -49,12 +57,17 @@ RESULT_SUFFIXES = (" probability", " normalized", " disagreement",
 
 
 def layer_names(image_name: str) -> dict[str, str]:
-    """Names of the layers a prediction of ``image_name`` creates."""
+    """Names of the layers a prediction of ``image_name`` creates.
+
+    One style: ``"<image> <what it holds>"``.  The labels are "predicted labels": a sample's or
+    a user's own labels of the image are often called ``"<image> labels"`` (e.g. "ISBI 2012
+    train labels"), and two layers of one name would be told apart only by napari's "[1]".
+    """
     return {
         "probability": f"{image_name} probability",
         "normalized": f"{image_name} normalized",
         "disagreement": f"{image_name} disagreement",
-        "labels": f"{image_name} labels",
+        "labels": f"{image_name} predicted labels",
     }
 
 
@@ -88,6 +101,38 @@ def edit_events(layer: Any) -> list[Any]:
     ev = layer.events
     return [getattr(ev, name) for name in ("paint", "data", "labels_update", "set_data")
             if hasattr(ev, name)]
+
+
+# ----------------------------------------------------------------------------- layer data
+
+
+def layer_source(layer: Any) -> Any:
+    """A layer's full-resolution data as it is (numpy, dask or zarr), nothing loaded."""
+    data = layer.data
+    if getattr(layer, "multiscale", False):
+        data = data[0]
+    return data
+
+
+def is_lazy_layer(layer: Any) -> bool:
+    """True for a multiscale layer or data that is not an in-memory numpy array."""
+    return bool(getattr(layer, "multiscale", False)) or not isinstance(
+        layer_source(layer), np.ndarray
+    )
+
+
+def layer_data(layer: Any) -> np.ndarray:
+    """A layer's data as a numpy array (loads lazy data: small layers only)."""
+    return np.asarray(layer_source(layer))
+
+
+def current_slice(viewer: Any, layer: Any, axis: int = 0) -> int:
+    """Index along ``axis`` of ``layer``'s data that the viewer shows (0 for 2-D layers)."""
+    if layer.ndim < 3:
+        return 0
+    point = layer.world_to_data(viewer.dims.point[-layer.ndim:])
+    n = layer_source(layer).shape[axis]
+    return int(np.clip(round(float(point[axis])), 0, n - 1))
 
 
 # ----------------------------------------------------------------------------- undoable writes

@@ -1,20 +1,23 @@
-"""Checkpoint pickers shared by the napari-fcres widgets.
+"""Checkpoint pickers shared by the napari-fcres widgets, and the session's registry.
+
+* :func:`recent_checkpoints` / :func:`remember_checkpoints` / :func:`checkpoint_registry` -
+  checkpoints trained in this session (newest first), with a ``changed`` Qt signal.
 
 * :class:`CheckpointList` - checkable list of checkpoints (the ensemble) with Add file /
   Add folder / Remove; follows the checkpoints trained in this session.
 * :class:`CheckpointCombo` - editable combo of this session's checkpoints plus "Browse...".
 
-Both follow :func:`~napari_fcres.widgets._common.checkpoint_registry`: a checkpoint the Train
+Both follow :func:`checkpoint_registry`: a checkpoint the Train
 widget remembers appears in every picker.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -30,11 +33,52 @@ from qtpy.QtWidgets import (
 
 from ..errors import FcresError
 from ..runs import BEST_NAME, LAST_NAME
-from ._common import checkpoint_registry, notify_error, recent_checkpoints
+from ._notify import notify_error
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CheckpointList", "CheckpointCombo"]
+__all__ = ["CheckpointList", "CheckpointCombo", "checkpoint_registry", "recent_checkpoints",
+           "remember_checkpoints"]
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+class _CheckpointRegistry(QObject):
+    """Checkpoints trained in this session; ``changed`` carries the new list."""
+
+    changed = Signal(list)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[Path] = []
+
+
+_REGISTRY: _CheckpointRegistry | None = None
+
+
+def checkpoint_registry() -> _CheckpointRegistry:
+    """The session's registry object (connect to its ``changed(list[Path])`` signal)."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = _CheckpointRegistry()
+    return _REGISTRY
+
+
+def recent_checkpoints() -> list[Path]:
+    """Checkpoints trained in this session that still exist, newest first."""
+    return [p for p in checkpoint_registry().paths if p.exists()]
+
+
+def remember_checkpoints(paths: Iterable[str | Path]) -> None:
+    """Record freshly trained checkpoints (GUI thread); they go first in the list."""
+    reg = checkpoint_registry()
+    new = [Path(p) for p in paths]
+    reg.paths = new + [p for p in reg.paths if p not in new]
+    reg.changed.emit(list(reg.paths))
+
+
+# ----------------------------------------------------------------------------- pickers
 
 
 class CheckpointList(QWidget):

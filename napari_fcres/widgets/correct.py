@@ -46,8 +46,10 @@ from ..postprocess import (
     remove_small_labels,
     split_label_along_line,
 )
-from ._common import LayerCombo, current_slice, layer_data, report_error, scroll_body
-from ._layers import METADATA_KEY, RESULT_KEY, apply_labels
+from ._docks import tab_with_other_docks
+from ._forms import LayerCombo, scroll_body
+from ._layers import METADATA_KEY, RESULT_KEY, apply_labels, current_slice, layer_data
+from ._notify import report_error
 
 if TYPE_CHECKING:
     import napari
@@ -97,6 +99,23 @@ def _line_label(plane: np.ndarray, pts: np.ndarray) -> int:
     return int(ids[np.argmax(counts)])
 
 
+def _change_text(old: np.ndarray, new: np.ndarray) -> str:
+    """What a correction changes, counted by kind: pixels set to background (0), pixels
+    labelled from background, and pixels whose id changed (e.g. the pieces of a split)."""
+    changed = old != new
+    to_bg = int(np.count_nonzero(changed & (new == 0)))
+    from_bg = int(np.count_nonzero(changed & (old == 0)))
+    relabelled = int(np.count_nonzero(changed)) - to_bg - from_bg
+    parts = []
+    if to_bg:
+        parts.append(f"{to_bg} pixel{'s' if to_bg != 1 else ''} set to background")
+    if from_bg:
+        parts.append(f"{from_bg} background pixel{'s' if from_bg != 1 else ''} labelled")
+    if relabelled:
+        parts.append(f"{relabelled} pixel{'s' if relabelled != 1 else ''} got another id")
+    return ", ".join(parts) or "nothing changed"
+
+
 @dataclass
 class _Preview:
     """Labels under a live threshold preview, to restore before the undoable commit."""
@@ -121,6 +140,7 @@ class CorrectWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        tab_with_other_docks(self, "Correct")
         self.viewer = napari_viewer
         self._preview: _Preview | None = None
         self._build()
@@ -145,7 +165,8 @@ class CorrectWidget(QWidget):
         form = QFormLayout(layers_box)
         self.labels_combo = LayerCombo(self.viewer, Labels)
         self.labels_combo.setToolTip(
-            "Labels layer to correct (e.g. '<image> labels' from the Predict widget).  Paint, "
+            "Labels layer to correct (e.g. '<image> predicted labels' from the Predict "
+            "widget).  Paint, "
             "fill and erase with napari's own tools; Ctrl+Z undoes every step, also these."
         )
         self.labels_combo.layer_changed.connect(self._on_labels_changed)
@@ -288,7 +309,8 @@ class CorrectWidget(QWidget):
         self.split_button.setToolTip(
             "Cut the label along the last line drawn on the shown slice: the line becomes a "
             "background seam (what fine-tuning learns the cut from), the largest piece keeps "
-            "the id, the others get new ids; the used line is removed"
+            "the id, the others get new ids; the used line is removed (and the split-line "
+            "layer with it when no other line is left)"
         )
         self.split_button.clicked.connect(lambda: self._guard(self.split))
         grid.addWidget(self.draw_line_button, 2, 0, 1, 2)
@@ -329,7 +351,7 @@ class CorrectWidget(QWidget):
         self.commit_threshold()
 
     def _match_probability(self, *_: Any) -> None:
-        """Choose '<image> probability' for '<image> labels' when both exist."""
+        """Choose '<image> probability' for '<image> predicted labels' when both exist."""
         self.labels_combo.refresh()
         self.prob_combo.refresh()
         labels = self.labels_combo.layer()
@@ -341,8 +363,9 @@ class CorrectWidget(QWidget):
                     "image": marker.get("image"), "kind": "probability"
                 }:
                     name = layer.name
-            if name is None and labels.name.endswith(" labels"):
-                name = labels.name[: -len(" labels")] + " probability"
+            for suffix in (" predicted labels", " labels"):
+                if name is None and labels.name.endswith(suffix):
+                    name = labels.name[: -len(suffix)] + " probability"
         current = self.prob_combo.layer()
         if name and (current is None or current.name != name) and self.prob_combo.findText(
             name
@@ -373,12 +396,15 @@ class CorrectWidget(QWidget):
             report_error(self.status_label, f"{type(exc).__name__}: {exc}", "Correction failed")
 
     def _apply(self, name: str, layer: Any, new: np.ndarray, index: int | None) -> int:
+        data = layer_data(layer)
+        old = data if index is None else data[index]
+        what = _change_text(old, new)
         n = apply_labels(layer, new, index)
         where = "the image" if layer.ndim == 2 else (
             "the stack" if index is None else f"slice {index}")
         if n:
             self.status_label.setText(
-                f"{name}: {n} pixels changed in {where} (Ctrl+Z on the labels layer undoes it)"
+                f"{name}: {what} in {where} (Ctrl+Z on the labels layer undoes it)"
             )
         else:
             self.status_label.setText(f"{name}: nothing to change in {where}")
@@ -617,6 +643,10 @@ class CorrectWidget(QWidget):
             if shapes is not None and k < len(shapes.data):
                 shapes.selected_data = {k}
                 shapes.remove_selected()
+            if shapes is not None and len(shapes.data) == 0:
+                # nothing left to cut along: the tool layer goes, the labels are active again
+                self.viewer.layers.remove(shapes)
+                self.viewer.layers.selection.active = layer
         else:
             self.status_label.setText(
                 f"The line does not cut label {label} into pieces; draw it across the label"

@@ -33,9 +33,10 @@ from qtpy.QtWidgets import (
 
 from ..errors import FcresError, InputError
 from ..io import safe_name
-from ._common import LayerCombo, PathEdit, layer_data, notify_info, report_error, scroll_body
-from ._docks import open_dock_widget
-from ._layers import METADATA_KEY, edit_events, prefer_source_image
+from ._docks import open_dock_widget, tab_with_other_docks
+from ._forms import LayerCombo, PathEdit, scroll_body
+from ._layers import METADATA_KEY, edit_events, layer_data, prefer_source_image
+from ._notify import report, report_error
 
 if TYPE_CHECKING:
     import napari
@@ -97,6 +98,7 @@ class ExportWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        tab_with_other_docks(self, "Export")
         self.viewer = napari_viewer
         self.train_widget: Any = None
         self._watched: Any = None
@@ -386,8 +388,7 @@ class ExportWidget(QWidget):
         }
         paths["info"].write_text(json.dumps(info, indent=2))
         msg = f"Exported {paths['image'].name} and {paths['labels'].name} to {out_dir}"
-        self.status_label.setText(msg)
-        notify_info(msg)
+        report(self.status_label, msg, toast="Exported the training pair")
         self.exported.emit(paths)
         return paths
 

@@ -27,17 +27,11 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import FcresError, InputError
-from ._common import (
-    LayerCombo,
-    PathEdit,
-    WorkerFailed,
-    layer_source,
-    notify_info,
-    report_error,
-    scroll_body,
-)
+from ._docks import tab_with_other_docks
+from ._forms import LayerCombo, PathEdit, scroll_body
 from ._job import WidgetJob
-from ._layers import label_name
+from ._layers import label_name, layer_source
+from ._notify import WorkerFailed, report, report_error
 from ._pickers import CheckpointList
 
 if TYPE_CHECKING:
@@ -84,6 +78,7 @@ class ExportModelWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        tab_with_other_docks(self, "Export model")
         self.viewer = napari_viewer
         self.job = WidgetJob(self, "model export", on_state_changed=self._update_enabled)
         self._output_edited = False
@@ -242,8 +237,7 @@ class ExportModelWidget(QWidget):
     # ------------------------------------------------------------------ worker callbacks
     def _on_done(self, path: Path) -> None:
         msg = f"Exported the bioimage.io model package {path}"
-        self.status_label.setText(msg)
-        notify_info(msg)
+        report(self.status_label, msg, toast="Exported the model package")
         self.exported.emit(Path(path))
 
     def _on_error(self, exc: WorkerFailed) -> None:

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtWidgets import (
     QButtonGroup,
-    QComboBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -26,27 +25,21 @@ from ..errors import FcresError, InputError
 from ..jobs import InspectResult, inspect_job
 from ..runs import BEST_NAME
 from ..worker_process import STOP
-from ._common import (
-    LayerCombo,
-    WorkerFailed,
-    current_slice,
-    device_choices,
-    layer_data,
-    make_canvas,
-    prestart_worker_process,
-    report_error,
-    scroll_body,
-    style_axes,
-)
-from ._job import WidgetJob
-from ._layers import RESULT_KEY, layer_names
+from ._docks import tab_with_other_docks
+from ._forms import DeviceCombo, LayerCombo, scroll_body
+from ._job import WidgetJob, prestart_worker_process
+from ._layers import RESULT_KEY, current_slice, layer_data, layer_names
+from ._notify import WorkerFailed, report_error
 from ._pickers import CheckpointCombo
+from ._plot import LazyCanvas, style_axes
 
 if TYPE_CHECKING:
     import napari
 
 log = logging.getLogger(__name__)
 
+#: Axes margins in pixels (left, right, top, bottom, gap): the legends sit right of the axes.
+LEGEND_MARGINS_PX = (44, 62, 22, 30, 46)
 BACKGROUND_COLOR = "#e8743b"
 FOREGROUND_COLOR = "#3ba7e8"
 
@@ -68,6 +61,7 @@ class InspectWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        tab_with_other_docks(self, "Inspect")
         self.viewer = napari_viewer
         self.last_result: InspectResult | None = None
         self.job = WidgetJob(self, "computation", on_state_changed=self._update_enabled)
@@ -108,9 +102,7 @@ class InspectWidget(QWidget):
         row.addWidget(self.slice_radio)
         row.addWidget(self.stack_radio)
         form.addRow("Scope", row)
-        self.device_combo = QComboBox()
-        for label, key in device_choices():
-            self.device_combo.addItem(label, key)
+        self.device_combo = DeviceCombo()
         self.device_combo.setToolTip("Compute device for the model")
         form.addRow("Device", self.device_combo)
         root.addLayout(form)
@@ -133,14 +125,41 @@ class InspectWidget(QWidget):
         self.status_label.setToolTip("State of the last computation")
         root.addWidget(self.status_label)
 
-        self.canvas, self.figure, axes = make_canvas((4.0, 4.4), nrows=2, viewer=self.viewer)
-        self.ax_raw, self.ax_norm = axes
-        self.canvas.setToolTip(
-            "Intensity histograms of background and foreground pixels at the input (top) and "
-            "after the learned pre-processor (bottom); dashed: fitted normal distributions"
+        self.plot_box = LazyCanvas(
+            (4.0, 4.4), nrows=2, viewer=self.viewer, margins=LEGEND_MARGINS_PX,
+            tooltip="Intensity histograms of background and foreground pixels at the input "
+            "(top) and after the learned pre-processor (bottom); dashed: fitted normal "
+            "distributions",
         )
-        self._setup_axes()
-        root.addWidget(self.canvas, 1)
+        self.plot_box.ready.connect(self._setup_axes)
+        if self.plot_box.is_ready:
+            self._setup_axes()
+        root.addWidget(self.plot_box, 1)
+
+    # the figure comes once matplotlib is imported (in the background); these make it now
+    @property
+    def canvas(self) -> Any:
+        """The histograms' Qt canvas."""
+        self.plot_box.ensure()
+        return self.plot_box.canvas
+
+    @property
+    def figure(self) -> Any:
+        """The histograms' matplotlib figure."""
+        self.plot_box.ensure()
+        return self.plot_box.figure
+
+    @property
+    def ax_raw(self) -> Any:
+        """Axes of the input histograms."""
+        self.plot_box.ensure()
+        return self.plot_box.axes[0]
+
+    @property
+    def ax_norm(self) -> Any:
+        """Axes of the pre-processor output histograms."""
+        self.plot_box.ensure()
+        return self.plot_box.axes[1]
 
     def _setup_axes(self) -> None:
         for ax, title in ((self.ax_raw, "input"), (self.ax_norm, "pre-processor output")):

@@ -1,10 +1,14 @@
 """Predict dock widget: run one checkpoint or an ensemble on the image layer in the viewer.
 
-Adds (or updates) ``<image> probability``, ``<image> normalized`` (the learned
-pre-processor's output), ``<image> labels`` and, for ensembles, ``<image> disagreement``
-(per-pixel spread of the members: where to correct first).  The labels layer remembers the
-checkpoints and the labels as predicted (``layer.metadata["fcres"]``) so the Export widget can
-tell which slices were corrected and fine-tune the model that made them.  A prediction never
+Adds (or updates) ``<image> predicted labels``, ``<image> probability``, ``<image> normalized``
+(the learned pre-processor's output) and, for ensembles, ``<image> disagreement`` (per-pixel
+spread of the members: where to correct first).  Only the predicted labels are shown at first:
+the other result layers are added hidden, and other labels layers over the image (e.g. the
+sample's own labels, or corrections a prediction left alone) are hidden when new predicted
+labels are added, so that no two label colourings mix; the status line says what is hidden.
+The labels layer remembers the checkpoints and the labels as predicted
+(``layer.metadata["fcres"]``) so the Export widget can tell which slices were corrected and
+fine-tune the model that made them.  A prediction never
 overwrites corrections: when the labels it would replace were edited, that layer is left as it
 is and the prediction goes to a new labels layer.  Closing the dock stops a running prediction
 and drops its result.
@@ -24,12 +28,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -46,30 +52,22 @@ from ..errors import FcresError, InputError
 from ..io import layer_spacing
 from ..jobs import THRESHOLD, PredictJobResult, predict_job, preview_job
 from ..worker_process import REPORT, STOP
-from ._common import (
-    LayerCombo,
-    PathEdit,
-    WorkerFailed,
-    current_slice,
-    device_choices,
-    is_lazy_layer,
-    layer_source,
-    notify_info,
-    notify_warning,
-    prestart_worker_process,
-    report_error,
-    scroll_body,
-)
-from ._job import WidgetJob
+from ._docks import tab_with_other_docks
+from ._forms import DeviceCombo, LayerCombo, PathEdit, scroll_body
+from ._job import WidgetJob, prestart_worker_process
 from ._layers import (
     METADATA_KEY,
     PREVIEW_SUFFIX,
     RESULT_KEY,
     apply_labels,
+    current_slice,
+    is_lazy_layer,
     label_name,
     layer_names,
+    layer_source,
     prefer_source_image,
 )
+from ._notify import WorkerFailed, notify_info, notify_warning, report, report_error
 from ._pickers import CheckpointList
 
 if TYPE_CHECKING:
@@ -80,6 +78,10 @@ log = logging.getLogger(__name__)
 
 #: Resolution of the activity-dock progress bar.
 PROGRESS_TOTAL = 1000
+#: Forward passes per tile with test-time augmentation (the 8 flips / rotations).
+TTA_PASSES = 8
+#: Refresh the time left in the status line at most this often (seconds).
+ETA_INTERVAL_S = 1.0
 
 MODE_HELP = {
     "instances": "connected components of the foreground as separate labels (per slice), "
@@ -178,11 +180,17 @@ class PredictWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        tab_with_other_docks(self, "Predict")
         self.viewer = napari_viewer
         self.job = WidgetJob(self, "prediction", on_state_changed=self._update_enabled,
                              on_stop_requested=self._on_stop_requested)
         self._relay: _ProgressRelay | None = None
         self._target: tuple[Any, int | None] | None = None
+        self._landing: Iterator[None] | None = None  # result layers still to add, one by one
+        #: seconds per tile pass of the last plain / TTA prediction, by device and tile size
+        self._pass_seconds: dict[tuple[str, int, bool], float] = {}
+        self._started: tuple[float, str, tuple[str, int, bool], int] | None = None
+        self._eta_shown = 0.0
         self._zarr_out: Path | None = None
         self._build()
         prefer_source_image(self.image_combo, self.viewer)
@@ -209,9 +217,7 @@ class PredictWidget(QWidget):
 
         settings_box = QGroupBox("Settings")
         form = QFormLayout(settings_box)
-        self.device_combo = QComboBox()
-        for label, key in device_choices():
-            self.device_combo.addItem(label, key)
+        self.device_combo = DeviceCombo()
         self.device_combo.setToolTip("Compute device (a GPU is much faster than the CPU)")
         form.addRow("Device", self.device_combo)
         self.tile_spin = QSpinBox()
@@ -226,9 +232,11 @@ class PredictWidget(QWidget):
         form.addRow("Tile size", self.tile_spin)
         self.tta_check = QCheckBox("Test-time augmentation")
         self.tta_check.setToolTip(
-            "Average the 8 flips/rotations of every tile: smoother, slightly better "
-            "probabilities at 8 times the cost"
+            f"Average the {TTA_PASSES} flips/rotations of every tile: smoother, slightly "
+            f"better probabilities at about {TTA_PASSES} times the time of a plain prediction "
+            "(the status line gives an estimate when one was timed)"
         )
+        self.tta_check.toggled.connect(self._on_tta_toggled)
         form.addRow(self.tta_check)
         self.mode_combo = QComboBox()
         for i, mode in enumerate(MODE_HELP):
@@ -290,6 +298,7 @@ class PredictWidget(QWidget):
         self.status_label.setWordWrap(True)
         self.status_label.setToolTip("What the last prediction did")
         self._kept: str | None = None  # an edited labels layer a prediction left alone
+        self._hidden: list[str] = []  # labels layers hidden when new predicted labels came
         root.addWidget(self.status_label)
         self._build_next_slice(root)
         root.addStretch(1)
@@ -320,8 +329,8 @@ class PredictWidget(QWidget):
 
     # ------------------------------------------------------------------ state
     def is_running(self) -> bool:
-        """True while a prediction runs."""
-        return self.job.running
+        """True while a prediction runs, until its layers are all in the viewer."""
+        return self.job.running or self._landing is not None
 
     def _update_enabled(self, *_: Any) -> None:
         running = self.is_running()
@@ -330,7 +339,7 @@ class PredictWidget(QWidget):
         )
         self.slice_button.setEnabled(ready)
         self.stack_button.setEnabled(ready)
-        self.stop_button.setEnabled(running and not self.job.stopping)
+        self.stop_button.setEnabled(self.job.running and not self.job.stopping)
         for w in (self.image_combo, self.checkpoint_list, self.device_combo, self.tile_spin,
                   self.tta_check, self.mode_combo, self.zarr_edit, self.zarr_prob_check):
             w.setEnabled(not running)
@@ -423,7 +432,17 @@ class PredictWidget(QWidget):
         }
         self._target = (layer, slice_index)
         self._zarr_out = out
-        self.status_label.setText(desc + " ...")
+        tta = self.tta_check.isChecked()
+        if tta:
+            desc += " and test-time augmentation"
+        key = (common["device"], self.tile_spin.value(), tta)
+        n_slices = 1 if slice_index is not None or len(shape) == 2 else shape[0]
+        self._started = (time.perf_counter(), desc, key, n * n_slices)
+        self._eta_shown = time.perf_counter()
+        status = desc + " ..."
+        if tta:
+            status += f" {self.tta_cost(n * n_slices)}"
+        self.status_label.setText(status)
         log.info("%s: %s%s", desc, ", ".join(paths), f" -> {out}" if out else "")
         self._relay = _ProgressRelay()
         self._relay.progressed.connect(self._on_progress)
@@ -457,6 +476,47 @@ class PredictWidget(QWidget):
 
     def _on_progress(self, done: int, total: int) -> None:
         self.job.set_progress(done / max(total, 1))
+        started = self._started
+        now = time.perf_counter()
+        if started is None or done <= 0 or now - self._eta_shown < ETA_INTERVAL_S:
+            return
+        self._eta_shown = now
+        elapsed = now - started[0]
+        left = elapsed * (total - done) / done
+        self.status_label.setText(
+            f"{started[1]}: {100 * done / max(total, 1):.0f}% done, about "
+            f"{_duration(left)} left"
+        )
+
+    def tta_cost(self, passes: int) -> str:
+        """What test-time augmentation will cost for ``passes`` slice predictions (slices times
+        models), from the last timed prediction with these settings when there is one."""
+        device = str(self.device_combo.currentData() or "cpu")
+        tile = self.tile_spin.value()
+        text = f"({TTA_PASSES} passes per tile: about {TTA_PASSES}x the time of a plain prediction"
+        tta_rate = self._pass_seconds.get((device, tile, True))
+        plain = self._pass_seconds.get((device, tile, False))
+        if tta_rate is not None:
+            text += f"; expect about {_duration(tta_rate * passes)}"
+        elif plain is not None:
+            text += (f"; a plain one takes about {_duration(plain * passes)} here: expect "
+                     f"about {_duration(TTA_PASSES * plain * passes)}")
+        return text + ")"
+
+    def _on_tta_toggled(self, on: bool) -> None:
+        if on and not self.is_running():
+            layer = self.image_combo.layer()
+            shape = tuple(layer_source(layer).shape) if layer is not None else ()
+            slices = shape[0] if len(shape) == 3 else 1
+            n = max(len(self.checkpoint_list.checked()), 1)
+            self.status_label.setText(
+                f"Test-time augmentation on {self.tta_cost(n * slices)}")
+
+    def _record_time(self) -> None:
+        """Remember how long one slice pass of one model took (for the TTA estimate)."""
+        started, self._started = self._started, None
+        if started is not None and started[3] > 0:
+            self._pass_seconds[started[2]] = (time.perf_counter() - started[0]) / started[3]
 
     def _on_stopped(self) -> None:
         text = "Prediction stopped; nothing was changed"
@@ -472,22 +532,65 @@ class PredictWidget(QWidget):
 
     def _on_finished(self) -> None:
         self._relay = None
+        self._started = None
 
     def _on_done(self, job: PredictJobResult) -> None:
         if self._dropped("nothing was changed"):
             return
+        self._record_time()
         target = self._target
         layer = target[0] if target else None
         if layer is None or layer not in self.viewer.layers:
             self.status_label.setText("The image layer was removed; the prediction is dropped")
             return
         self._kept = None
-        try:
-            names = self._show_preview(layer, job) if job.preview is not None else \
-                self._show(layer, job)
-        except FcresError as exc:
-            report_error(self.status_label, exc, "Cannot show the prediction")
-            return
+        self._hidden = []
+        pieces = self._show_preview(layer, job) if job.preview is not None else \
+            self._show(layer, job)
+        self._land(pieces, lambda names: self._landed(layer, job, names))
+
+    # ------------------------------------------------------------------ landing
+    def _land(self, pieces: Generator[None, None, dict[str, str]],
+              then: Callable[[dict[str, str]], None]) -> None:
+        """Add the result layers one per turn of the event loop (each is napari's work of
+        tens to hundreds of milliseconds: together they froze the viewer for a second), then
+        ``then(names)``.  :meth:`is_running` holds until the last one is in."""
+        self._landing = pieces
+        self._update_enabled()
+
+        def step() -> None:
+            if self._landing is not pieces:  # cancelled (the dock closed)
+                return
+            try:
+                next(pieces)
+            except StopIteration as done:
+                self._landing = None
+                self._update_enabled()
+                then(done.value)
+                return
+            except FcresError as exc:
+                self._landing = None
+                self._update_enabled()
+                report_error(self.status_label, exc, "Cannot show the prediction")
+                return
+            QTimer.singleShot(0, step)
+
+        QTimer.singleShot(0, step)
+
+    def _cancel_landing(self) -> None:
+        """Add no more result layers (the dock was closed)."""
+        if self._landing is not None:
+            self._landing.close()
+            self._landing = None
+            log.info("result layers not added: the Predict dock was closed")
+
+    def event(self, event: QEvent) -> bool:  # noqa: D102 - Qt override
+        if event.type() == QEvent.ParentChange and self.parent() is None:
+            self._cancel_landing()  # closing the dock: nothing more goes into the viewer
+        return super().event(event)
+
+    def _landed(self, layer: Any, job: PredictJobResult, names: dict[str, str]) -> None:
+        """Every result layer is in: say what was done."""
         where = "the stack" if job.slice_index is None else f"slice {job.slice_index}"
         if job.preview is not None:
             where = f"slice {job.preview} (preview of a lazy image)"
@@ -495,13 +598,17 @@ class PredictWidget(QWidget):
             where = "the image"
         n = len(job.checkpoints)
         msg = f"Predicted {where} with {n} model{'s' if n > 1 else ''}"
-        if job.result.spread is not None:
-            msg += "; bright pixels in the disagreement layer are where to correct first"
+        if job.result.spread is not None and "disagreement" in names:
+            msg += (f"; bright pixels in {names['disagreement']!r} (hidden: tick its eye) are "
+                    "where to correct first")
         if self._kept is not None:
             kept = (f"your corrections in {self._kept!r} are kept; the new labels are in "
                     f"{names['labels']!r}")
             msg += f"; {kept}"
-            notify_info(kept[0].upper() + kept[1:])
+            notify_info("Your corrections are kept in their own layer")
+        if self._hidden:
+            msg += "; hidden so that label colours do not mix: " + ", ".join(
+                repr(h) for h in self._hidden)
         for warning in getattr(job.result, "warnings", None) or []:  # far from training
             msg += f"\nWarning: {warning}"
             notify_warning("Some slices are far from what the model was trained on: see the "
@@ -531,8 +638,7 @@ class PredictWidget(QWidget):
         n = len(job.checkpoints)
         msg = (f"Predicted {'the image' if layer.ndim == 2 else 'the stack'} block by block "
                f"with {n} model{'s' if n > 1 else ''}; labels written to {job.labels_path}")
-        self.status_label.setText(msg)
-        notify_info(msg)
+        report(self.status_label, msg, toast="Predicted block by block into OME-Zarr")
         self.finished.emit({"layers": names, "slice": None, "checkpoints": job.checkpoints,
                             "ome_zarr": str(job.labels_path)})
 
@@ -678,7 +784,7 @@ class PredictWidget(QWidget):
             self._replace("probability-zarr", image_layer)
             prob = self.viewer.add_image(
                 levels[0], name=names["probability"], colormap="magma",
-                contrast_limits=(0.0, 1.0), opacity=0.6, **geo,
+                contrast_limits=(0.0, 1.0), opacity=0.6, visible=False, **geo,
                 metadata={RESULT_KEY: {"image": image_layer.name, "kind": "probability-zarr"},
                           "source_path": str(job.probabilities_path)},
             )
@@ -695,8 +801,10 @@ class PredictWidget(QWidget):
         shown["labels"] = labels.name
         return shown
 
-    def _show_preview(self, image_layer: Any, job: PredictJobResult) -> dict[str, str]:
-        """Show one predicted slice of a lazy image as one-slice layers placed at that slice."""
+    def _show_preview(self, image_layer: Any, job: PredictJobResult
+                      ) -> Generator[None, None, dict[str, str]]:
+        """Show one predicted slice of a lazy image as one-slice layers placed at that slice
+        (one layer per step)."""
         z = int(job.preview or 0)
         geo = _geometry(image_layer)
         geo["translate"] = geo["translate"].copy()
@@ -708,6 +816,7 @@ class PredictWidget(QWidget):
         }
         shown: dict[str, str] = {}
         for kind, arr in data.items():
+            yield
             marker = {"image": image_layer.name, "kind": f"{kind}-preview"}
             if kind == "labels":
                 self._keep_edited(marker)
@@ -718,10 +827,25 @@ class PredictWidget(QWidget):
                 layer.metadata[METADATA_KEY] = {"reference": np.array(arr, copy=True)}
             else:
                 layer = self.viewer.add_image(arr, name=name, colormap="magma",
-                                              contrast_limits=(0.0, 1.0), opacity=0.6, **geo)
+                                              contrast_limits=(0.0, 1.0), opacity=0.6,
+                                              visible=False, **geo)
             layer.metadata[RESULT_KEY] = marker
             shown[kind] = layer.name
         return shown
+
+    def _hide_other_labels(self, image_layer: Any) -> None:
+        """Hide the visible labels layers over ``image_layer`` (same shape, same place): new
+        predicted labels on top of them would mix two label colourings."""
+        from napari.layers import Labels
+
+        shape = tuple(layer_source(image_layer).shape)
+        for layer in self.viewer.layers:
+            if (isinstance(layer, Labels) and layer.visible and not layer.multiscale
+                    and tuple(layer.data.shape) == shape
+                    and np.allclose(layer.scale, image_layer.scale)
+                    and np.allclose(layer.translate, image_layer.translate)):
+                layer.visible = False
+                self._hidden.append(layer.name)
 
     def _keep_edited(self, marker: dict[str, str]) -> None:
         """Unmark (so that nothing replaces it) an edited labels layer carrying ``marker``."""
@@ -730,30 +854,38 @@ class PredictWidget(QWidget):
                 layer.metadata.pop(RESULT_KEY, None)
                 self._kept = layer.name
 
-    def _show(self, image_layer: Any, job: PredictJobResult) -> dict[str, str]:
-        """Add or update the result layers; return ``{kind: layer name}``."""
+    def _show(self, image_layer: Any, job: PredictJobResult
+              ) -> Generator[None, None, dict[str, str]]:
+        """Add or update the result layers, one per step (the shown labels first, then the
+        hidden maps); return ``{kind: layer name}``.  Contrast limits are given, never
+        computed from the data by napari."""
         z = job.slice_index
         res = job.result
         geo = _geometry(image_layer)
         shown: dict[str, str] = {}
+        yield
+        shown["labels"] = self._put_labels(job, image_layer, geo)
+        yield
+        shown["probability"] = self._put_image(
+            "probability", image_layer, res.probabilities, z, geo, colormap="magma",
+            contrast_limits=(0.0, 1.0), opacity=0.6, visible=False,
+        )
+        if res.spread is not None:
+            yield
+            shown["disagreement"] = self._put_image(
+                "disagreement", image_layer, res.spread, z, geo, colormap="inferno",
+                contrast_limits=(0.0, 0.25), blending="additive", visible=False,
+            )
         if res.normalized is not None:
+            yield
             norm_slice = res.normalized if z is None else res.normalized[z]
             lo, hi = _robust_range(norm_slice)
             shown["normalized"] = self._put_image(
                 "normalized", image_layer, res.normalized, z, geo, colormap="gray",
                 contrast_limits=(lo, hi), visible=False,
             )
-        shown["probability"] = self._put_image(
-            "probability", image_layer, res.probabilities, z, geo, colormap="magma",
-            contrast_limits=(0.0, 1.0), opacity=0.6,
-        )
-        if res.spread is not None:
-            shown["disagreement"] = self._put_image(
-                "disagreement", image_layer, res.spread, z, geo, colormap="inferno",
-                contrast_limits=(0.0, 0.25), blending="additive",
-            )
-        shown["labels"] = self._put_labels(job, image_layer, geo)
-        return shown
+        return {k: shown[k] for k in ("normalized", "probability", "disagreement", "labels")
+                if k in shown}
 
     def _find(self, kind: str, image_layer: Any, cls: type, shape: tuple[int, ...]
               ) -> Any | None:
@@ -808,6 +940,7 @@ class PredictWidget(QWidget):
                 "threshold": THRESHOLD, "mode": job.mode}
         if layer is None:
             full = job.labels if z is None else _embed(job.labels, z, shape)
+            self._hide_other_labels(image_layer)
             layer = self.viewer.add_labels(
                 full, name=layer_names(image_layer.name)["labels"], opacity=0.5, **geo
             )
@@ -860,16 +993,27 @@ def _spacing(layer: Any) -> tuple[float, ...] | None:
 
 
 def _embed(slice_labels: np.ndarray, z: int, shape: tuple[int, ...]) -> np.ndarray:
-    full = np.zeros(shape, dtype=np.int32)
+    full = np.zeros(shape, dtype=slice_labels.dtype)
     full[z] = slice_labels
     return full
+
+
+def _duration(seconds: float) -> str:
+    """``"40 s"``, ``"3 min"`` or ``"1 h 05 min"``."""
+    seconds = max(float(seconds), 0.0)
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def _robust_range(a: np.ndarray) -> tuple[float, float]:
     """0.5 / 99.5 percentiles of (a sample of) ``a`` as contrast limits."""
     flat = np.asarray(a, dtype=np.float32).ravel()
-    if flat.size > 1_000_000:
-        flat = flat[:: flat.size // 1_000_000]
+    if flat.size > 200_000:  # enough for two percentiles; the GUI thread waits for it
+        flat = flat[:: flat.size // 200_000]
     lo, hi = (float(v) for v in np.percentile(flat, (0.5, 99.5)))
     if not hi > lo:
         hi = lo + 1.0

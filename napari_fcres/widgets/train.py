@@ -7,6 +7,7 @@ the progress and shows notifications.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +31,16 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..config import ARCHITECTURES, PRESET_HELP, PRESETS, SELECT_BY, Config, preset_config
+from ..config import (
+    ARCHITECTURES,
+    FEW_SLICES,
+    PRESET_HELP,
+    PRESETS,
+    SELECT_BY,
+    Config,
+    metric_name,
+    preset_config,
+)
 from ..errors import FcresError, InputError
 from ..jobs import train_job
 from ..labels_summary import LABEL_MODES, LabelSummary, detect_label_mode, summarize_labels
@@ -48,26 +58,15 @@ from ..runs import (
 from ..runs import holds_run as _holds_run
 from ..runs import is_resumable as _resumable
 from ..runs import unused_dir as _unused
-from ..selection import metric_name
 from ..train_config import build_train_config
 from ..worker_process import STOP, WorkerProcessDied, cpu_threads_for_worker
-from ._common import (
-    LayerCombo,
-    PathEdit,
-    WorkerFailed,
-    device_choices,
-    is_lazy_layer,
-    layer_data,
-    notify_info,
-    notify_warning,
-    prestart_worker_process,
-    remember_checkpoints,
-    report_error,
-    scroll_body,
-)
-from ._job import WidgetJob
-from ._layers import edit_events
-from ._plot import TrainingPlot
+from ._docks import tab_with_other_docks
+from ._forms import DeviceCombo, LayerCombo, PathEdit, scroll_body
+from ._job import WidgetJob, prestart_worker_process, start_worker
+from ._layers import edit_events, is_lazy_layer, layer_data
+from ._notify import WorkerFailed, notify_warning, report, report_error
+from ._pickers import remember_checkpoints
+from ._plot import TrainingPlot, loss_label, shown_loss
 
 if TYPE_CHECKING:
     import napari
@@ -88,6 +87,8 @@ ARCHITECTURE_HELP = {
 PLOT_INTERVAL_MS = 400
 #: Recount the label values this long after the last paint stroke / undo (ms).
 RECOUNT_MS = 400
+#: Labels up to this many pixels are counted on the GUI thread, larger ones in a thread.
+COUNT_AT_ONCE = 2_000_000
 #: The label-mode choices: (mode, text shown, tooltip).
 LABEL_MODE_ITEMS = (
     ("full", "full labels", LABEL_MODES["full"] + " (e.g. ISBI: 0 membrane, 255 cell)"),
@@ -109,6 +110,41 @@ def detect_partial(labels: np.ndarray, axis: int = 0) -> bool:
     compatibility.
     """
     return detect_label_mode(labels) == "partial"
+
+
+def count_labels(labels: np.ndarray, mode: str | None) -> tuple[str, LabelSummary]:
+    """``(mode, summary)``: the label values counted in ``mode`` (None: detected)."""
+    mode = mode or detect_label_mode(labels)
+    return mode, summarize_labels(labels, mode)
+
+
+def validation_basis(
+    n_slices: int, val_fraction: float, val_split: str = "auto", progress: Any = None,
+) -> str:
+    """What the validation scores of a run are based on, in words ("" when unknown).
+
+    The run's own account (``progress.validation_basis``, when the training loop reports one)
+    wins; before it, the words follow from the ``n_slices`` annotated slices and the split
+    rule of :func:`napari_fcres.training.choose_validation` (not imported: it would import
+    torch into napari's process): fewer than ``FEW_SLICES`` slices validate on a band of each.
+    """
+    told = getattr(progress, "validation_basis", None)
+    if told:
+        return str(told)
+    if progress is not None or n_slices < 1:
+        return ""
+    regions = val_split == "regions" or (val_split == "auto" and n_slices < FEW_SLICES)
+    if regions and val_fraction > 0:
+        plural = "s" if n_slices != 1 else ""
+        rough = ": scores are rough" if n_slices < 3 else ""
+        return (f"validating on a held-out band of each of the {n_slices} annotated "
+                f"slice{plural}{rough}")
+    n_val = int(round(val_fraction * n_slices)) if n_slices >= 2 else 0
+    n_val = min(max(n_val, 1 if val_fraction > 0 and n_slices >= 2 else 0), n_slices - 1)
+    if n_val == 0:
+        return "validating on the training slice itself: scores are optimistic"
+    rough = ": scores are rough" if n_val < 2 else ""
+    return f"validating on {n_val} of {n_slices} annotated slices{rough}"
 
 
 def _rgb_error(name: str) -> InputError:
@@ -137,6 +173,7 @@ class TrainWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        tab_with_other_docks(self, "Train")
         self.viewer = napari_viewer
         self.last_result: TrainResult | None = None
         self.best_checkpoints: list[Path] = []
@@ -150,6 +187,9 @@ class TrainWidget(QWidget):
         self._shown: TrainProgress | None = None
         self._ticking = False
         self._run_dir: Path | None = None
+        self._loss = "dice"
+        self._basis = ""  # what the validation of the running run is based on
+        self._counting: object | None = None  # the label count running in a thread
         self._build()
         self._plot_timer = QTimer(self)
         self._plot_timer.setInterval(PLOT_INTERVAL_MS)
@@ -212,9 +252,11 @@ class TrainWidget(QWidget):
         for i, name in enumerate(PRESETS):
             self.preset_combo.addItem(name)
             self.preset_combo.setItemData(i, PRESET_HELP.get(name, ""), Qt.ToolTipRole)
-        has_gpu = any(key != "cpu" for _, key in device_choices())
-        self.preset_combo.setCurrentText("small" if has_gpu else "cpu")
+        self.device_combo = DeviceCombo()  # laid out below; it decides the default preset
+        self.preset_combo.setCurrentText("small" if self.device_combo.has_gpu() else "cpu")
+        self._preset_defaulted = True  # until someone chooses: "small" once a GPU shows up
         self.preset_combo.currentTextChanged.connect(self._on_preset_changed)
+        self.device_combo.devices_changed.connect(self._on_devices_listed)
         form.addRow("Preset", self.preset_combo)
         self.arch_combo = QComboBox()
         for i, name in enumerate(ARCHITECTURES):
@@ -285,9 +327,6 @@ class TrainWidget(QWidget):
             "prediction is more accurate and gives an uncertainty map"
         )
         form.addRow("Ensemble", self.ensemble_spin)
-        self.device_combo = QComboBox()
-        for label, key in device_choices():
-            self.device_combo.addItem(label, key)
         self.device_combo.setToolTip("Compute device (CUDA GPUs by name, Apple MPS, CPU)")
         form.addRow("Device", self.device_combo)
         self.output_edit = PathEdit(
@@ -395,8 +434,9 @@ class TrainWidget(QWidget):
         root.addWidget(self.status_label)
 
         self.plot = TrainingPlot(self.viewer)
-        root.addWidget(self.plot.canvas, 1)
+        root.addWidget(self.plot.widget, 1)
         self._on_preset_changed(self.preset_combo.currentText())
+        self._preset_defaulted = True
         self._on_arch_changed(self.arch_combo.currentText())
 
     # ------------------------------------------------------------------ state
@@ -427,7 +467,14 @@ class TrainWidget(QWidget):
             not running and out is not None and _resumable(out) and not finished_here
         )
 
+    def _on_devices_listed(self) -> None:
+        """The device list came: a GPU makes "small" the default preset (unless chosen)."""
+        if self._preset_defaulted and self.device_combo.has_gpu():
+            self.preset_combo.setCurrentText("small")
+            self._preset_defaulted = True
+
     def _on_preset_changed(self, preset: str) -> None:
+        self._preset_defaulted = False
         if preset in PRESETS:
             self.batch_spin.setValue(preset_config(preset).train.batch_size)
             self.preset_combo.setToolTip(
@@ -482,23 +529,64 @@ class TrainWidget(QWidget):
         if not self.is_running() and layer is not None and not is_lazy_layer(layer):
             self._recount_timer.start()  # lazy (dask / zarr) labels: counted on choice only
 
-    def _refresh_summary(self) -> None:
-        """Count the label values of the chosen layer in the chosen (or detected) mode."""
+    def _refresh_summary(self, *, wait: bool = False) -> None:
+        """Count the label values of the chosen layer in the chosen (or detected) mode.
+
+        Small labels are counted at once; larger ones (a 30-slice stack: tens of ms or more)
+        in a thread, so that choosing the layer or pausing a brush stroke never freezes the
+        viewer.  ``wait`` counts at once whatever the size (before a run starts).
+        """
         self._recount_timer.stop()
         layer = self.labels_combo.layer()
         if layer is None:
+            self._counting = None
             self.summary = None
             self.annotated_label.setText("")
             return
         try:
             labels = layer_data(layer)
-            if not self._mode_user_set:
-                self.label_mode_combo.setCurrentIndex(
-                    max(0, self.label_mode_combo.findData(detect_label_mode(labels))))
-            self.show_summary(summarize_labels(labels, self.label_mode()))
         except (ValueError, MemoryError, FcresError) as exc:
+            self._counted(None, exc)
+            return
+        mode = self.label_mode() if self._mode_user_set else None
+        if wait or labels.size <= COUNT_AT_ONCE:
+            self._counting = None
+            try:
+                self._counted(count_labels(labels, mode))
+            except (ValueError, MemoryError, FcresError) as exc:
+                self._counted(None, exc)
+            return
+        token = object()
+        self._counting = token
+        self.annotated_label.setText(f"counting the label values of {layer.name!r} ...")
+
+        def done(counted: tuple[str, LabelSummary]) -> None:
+            if self._counting is token:  # else a newer count is on its way
+                self._counting = None
+                with contextlib.suppress(RuntimeError):  # the widget is gone
+                    self._counted(counted)
+
+        def failed(exc: WorkerFailed) -> None:
+            if self._counting is token:
+                self._counting = None
+                with contextlib.suppress(RuntimeError):
+                    self._counted(None, exc)
+
+        start_worker(count_labels, labels, mode, on_done=done, on_error=failed)
+
+    def _counted(self, counted: tuple[str, LabelSummary] | None,
+                 error: BaseException | None = None) -> None:
+        """Show a count (or why there is none); a detected mode becomes the choice."""
+        if counted is None:
             self.summary = None
-            self.annotated_label.setText(f"cannot count the label values: {exc}")
+            message = getattr(error, "message", None) or str(error)
+            self.annotated_label.setText(f"cannot count the label values: {message}")
+            return
+        mode, summary = counted
+        if not self._mode_user_set:
+            self.label_mode_combo.setCurrentIndex(
+                max(0, self.label_mode_combo.findData(mode)))
+        self.show_summary(summary)
 
     def show_summary(self, summary: LabelSummary) -> None:
         """Show counts, problems (red) and warnings (orange) under the labels."""
@@ -506,6 +594,13 @@ class TrainWidget(QWidget):
 
         self.summary = summary
         lines = [html.escape(summary.counts_text())]
+        left_out = summary.n_slices - len(summary.annotated)
+        if left_out > 0:
+            n = len(summary.annotated)
+            lines.append(html.escape(
+                f"(% of the pixels on {'that slice' if n == 1 else f'those {n} slices'}; the "
+                f"other {left_out} slice{'s' if left_out > 1 else ''} hold no labels and "
+                f"{'is' if left_out == 1 else 'are'} left out)"))
         lines += [f"<span style='color:#ff6b6b'>✖ {html.escape(p)}</span>"
                   for p in summary.problems]
         lines += [f"<span style='color:#f0a030'>⚠ {html.escape(w)}</span>"
@@ -654,8 +749,8 @@ class TrainWidget(QWidget):
 
     def _current_label_mode(self) -> str:
         """The mode shown, after counting any pending paint strokes."""
-        if self._recount_timer.isActive() or self.summary is None:
-            self._refresh_summary()
+        if self._recount_timer.isActive() or self.summary is None or self._counting is not None:
+            self._refresh_summary(wait=True)
         return self.label_mode()
 
     def train_on(
@@ -786,18 +881,22 @@ class TrainWidget(QWidget):
         self._latest = self._shown = None
         if not (resume and self._plot_dir == out):
             self._reset_plot_data()
-            self._setup_axes(dice_loss=cfg.train.loss in ("dice", "auto"))
-            self.canvas.draw()
+            select = cfg.train.select_by
+            self._setup_axes(loss=cfg.train.loss, metric=None if select == "auto" else select)
+            self.plot.draw()
         self._plot_dir = out
         self._run_dir = out
         desc = f"Training {cfg.model.preset} {cfg.model.architecture}"
         verb = "Resuming" if resume else "Starting"
+        self._basis = validation_basis(len(summary.annotated), cfg.train.val_fraction,
+                                       cfg.train.val_split)
         aside = " (its previous run is moved aside)" if overwrite else ""
-        self.status_label.setText(f"{verb} training into {out}{aside} ...")
+        self.status_label.setText(f"{verb} training into {out}{aside} ({self._basis}) ...")
         log.info("%s training into %s (labels: %s, %s; slices=%s)", verb.lower(), out,
                  label_mode, summary.counts_text(), None if slices is None else list(slices))
-        if summary.warnings:
-            notify_warning("Training starts, but check the labels: " + " ".join(summary.warnings))
+        if summary.warnings:  # in full (orange) under the labels; the toast only points there
+            notify_warning("Training starts, but check the labels (see the Train dock)")
+            log.warning("check the labels: %s", " ".join(summary.warnings))
         self.status_label.setFixedHeight(self._status_height)
         self._plot_timer.start()
         self.job.start(
@@ -822,10 +921,12 @@ class TrainWidget(QWidget):
         # Only record here: napari's progress bar calls processEvents() when updated, which
         # would deliver later reports re-entrantly; the GUI is refreshed by the timer (_tick).
         self._latest = p
+        self.plot.set_metric(p.metric)
+        score = p.val_score if p.val_score is not None else p.val_dice
         if p.kind == "step" and p.loss is not None:
             self.plot.add_step(p.member, p.step, p.loss)
-        elif p.kind == "validation" and p.val_dice is not None:
-            self.plot.add_validation(p.member, p.epoch, p.val_dice)
+        elif p.kind == "validation" and score is not None:
+            self.plot.add_validation(p.member, p.epoch, score)
         self.progressed.emit(p)
 
     def _tick(self, force: bool = False) -> None:
@@ -856,13 +957,15 @@ class TrainWidget(QWidget):
         parts.append(f"epoch {min(epoch, p.epochs)}/{p.epochs}" if p.epochs else f"epoch {epoch}")
         parts.append(f"step {p.step}")
         if p.loss is not None:
-            parts.append(f"loss {p.loss:.4f}")
+            parts.append(f"loss ({loss_label(self._loss)}) {shown_loss(p.loss):.4f}")
         if p.best_val_dice is not None:
             parts.append(f"best val {metric_name(p.metric)} {p.best_val_dice:.3f} "
                          f"(step {p.best_step})")
         parts.append(f"{int(p.elapsed) // 60}:{int(p.elapsed) % 60:02d} elapsed")
-        text = " · ".join(parts)
-        return f"{text}\n{p.validation_basis}" if p.validation_basis else text
+        basis = validation_basis(0, 0.0, "auto", p) or self._basis
+        if basis:
+            parts.append(basis)
+        return " · ".join(parts)
 
     def _on_done(self, result: TrainResult) -> None:
         self.last_result = result
@@ -875,16 +978,17 @@ class TrainWidget(QWidget):
         best = f"best validation {name} {dice or 'n/a'}"
         if result.moved_aside is not None:
             where = f"{where}; the previous run is in {result.moved_aside}"
+        basis = f" ({self._basis})" if self._basis else ""
+        self.status_label.setMaximumHeight(QWIDGETSIZE_MAX)
         if result.warnings:  # e.g. no better than predicting one class everywhere
             msg = (f"Training {state}, but " + "; ".join(result.warnings).rstrip(".")
-                   + f".  ({best}; checkpoint: {where})")
-            self.status_label.setMaximumHeight(QWIDGETSIZE_MAX)
-            self.status_label.setText(msg)
-            notify_warning(msg)
+                   + f".  ({best}; checkpoint: {where}){basis}")
+            first = result.warnings[0].split(":")[0]
+            report(self.status_label, msg, toast=f"Training {state}, but {first}",
+                   level="warning")
         else:
-            msg = f"Training {state}: {best}; best model: {where}"
-            self.status_label.setText(msg)
-            notify_info(msg)
+            msg = f"Training {state}: {best}{basis}; best model: {where}"
+            report(self.status_label, msg, toast=f"Training {state}: best {name} {dice or 'n/a'}")
         self.finished.emit(result)
 
     def _on_error(self, exc: WorkerFailed) -> None:
@@ -910,28 +1014,26 @@ class TrainWidget(QWidget):
         self.status_label.setMaximumHeight(QWIDGETSIZE_MAX)  # whole messages between runs
         self._plot_timer.stop()
         self._redraw(force=True)
-        result = self.last_result
-        if (
-            result is not None and not result.stopped and self._run_dir is not None
-            and Path(result.out_dir) == self._run_dir and self._run_dir.parent == runs_root()
-        ):
-            # a finished run has nothing to resume: the next Start gets a fresh default folder
-            self._set_output(default_output_dir())
+        # the Output field keeps the run's folder, as the status names it: Start never writes
+        # into a folder holding a run (it picks a fresh one), Resume is off for a finished run
 
     # ------------------------------------------------------------------ plot
     canvas = property(lambda self: self.plot.canvas, doc="The plot's Qt canvas.")
     figure = property(lambda self: self.plot.figure, doc="The plot's matplotlib figure.")
     ax_loss = property(lambda self: self.plot.ax_loss, doc="Axes of the loss per step.")
-    ax_dice = property(lambda self: self.plot.ax_dice, doc="Axes of the validation Dice.")
+    ax_score = property(lambda self: self.plot.ax_score,
+                        doc="Axes of the validation score that keeps the best checkpoint.")
 
     def _reset_plot_data(self) -> None:
         self.plot.reset()
 
-    def _setup_axes(self, dice_loss: bool = True) -> None:
-        self.plot.setup_axes(dice_loss=dice_loss)
+    def _setup_axes(self, loss: str = "dice", metric: str | None = None) -> None:
+        self._loss = loss
+        self.plot.setup_axes(loss=loss, metric=metric)
 
     def plot_data(self) -> dict[str, dict[int, tuple[list, list]]]:
-        """The plotted series: ``{"loss": {member: (steps, losses)}, "dice": {...}}``."""
+        """The plotted series: ``{"loss": {member: (steps, losses as shown)}, "score": {member:
+        (epochs, validation scores)}}`` (see :class:`~._plot.TrainingPlot`)."""
         return self.plot.data()
 
     def _redraw(self, force: bool = False) -> None:

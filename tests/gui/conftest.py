@@ -37,7 +37,7 @@ def _private_home(tmp_path, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _fresh_checkpoint_registry():
-    from napari_fcres.widgets._common import checkpoint_registry
+    from napari_fcres.widgets._pickers import checkpoint_registry
 
     checkpoint_registry().paths.clear()
     yield

@@ -201,6 +201,11 @@ def test_split_along_drawn_line(viewer, qtbot, widget, layers):
     assert (after[1][blob[:, 20], 20] == 0).all() and (after[1][:, 19][blob[:, 19]] > 0).all()
     assert n_objects(after[1] > 0) == n_objects(start[1] > 0) + 1
     assert "seam" in widget.status_label.text()
+    # the message counts what changed: the seam became background, the cut-off piece a new id
+    to_background = int(((start[1] > 0) & (after[1] == 0)).sum())
+    new_ids = int(((start[1] > 0) & (after[1] > 0) & (after[1] != start[1])).sum())
+    assert f"{to_background} pixels set to background" in widget.status_label.text()
+    assert f"{new_ids} pixels got another id" in widget.status_label.text()
     np.testing.assert_array_equal(after[[0, 2]], start[[0, 2]])
     assert len(shapes.data) == 1  # the used line is gone, the other slice's line stays
     check_one_step(labels, start)
@@ -248,6 +253,7 @@ def test_2d_labels(viewer, qtbot):
     click(qtbot, widget.split_button)
     assert len(set(np.unique(labels.data)) - {0}) == 3
     check_one_step(labels, shrunk)
+    assert SPLIT_LAYER_NAME not in viewer.layers  # its only line was used: the layer is gone
 
 
 def test_merge_after_split_restores_one_object(viewer, qtbot, widget, layers):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from qtpy.QtWidgets import QDockWidget, QWidget
 
-from napari_fcres.widgets._common import MIN_DOCK_HEIGHT
+from napari_fcres.widgets._forms import MIN_DOCK_HEIGHT
 
 pytestmark = pytest.mark.gui
 

@@ -12,7 +12,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit
 
 from napari_fcres.io import read_image
-from napari_fcres.widgets._common import recent_checkpoints
+from napari_fcres.widgets._pickers import recent_checkpoints
 from napari_fcres.widgets.export import ExportWidget, changed_slices, pair_paths
 from napari_fcres.widgets.predict import PredictWidget
 from napari_fcres.widgets.train import TrainWidget
@@ -109,7 +109,7 @@ def test_fine_tune_on_corrected_slices(viewer, qtbot, em_layers, tiny_checkpoint
     predict.mode_combo.setCurrentText("binary")
     click(qtbot, predict.stack_button)
     qtbot.waitUntil(lambda: not predict.is_running(), timeout=WAIT_MS)
-    labels = viewer.layers["EM (synthetic) labels"]
+    labels = viewer.layers["EM (synthetic) predicted labels"]
 
     # the Train widget as napari opens it from the Plugins menu, kept tiny
     _, train = viewer.window.add_plugin_dock_widget("napari-fcres", "Train / fine-tune")

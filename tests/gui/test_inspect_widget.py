@@ -9,7 +9,7 @@ from qtpy.QtCore import Qt
 from napari_fcres.config import preset_config
 from napari_fcres.jobs import normal_fit
 from napari_fcres.training import replace_train, run_training
-from napari_fcres.widgets._common import remember_checkpoints
+from napari_fcres.widgets._pickers import remember_checkpoints
 from napari_fcres.widgets.inspect import InspectWidget, grid_of
 
 pytestmark = pytest.mark.gui

@@ -164,7 +164,7 @@ def test_stop_a_lazy_prediction(viewer, qtbot, tmp_path, tiny_checkpoint, notifi
         qtbot.mouseClick(widget.stop_button, Qt.LeftButton)
     qtbot.waitUntil(lambda: not widget.is_running(), timeout=WAIT_MS)
     assert "incomplete" in widget.status_label.text()
-    assert "big labels" not in viewer.layers
+    assert "big predicted labels" not in viewer.layers
     assert not notifications.errors()
     assert widget.stack_button.isEnabled()
 

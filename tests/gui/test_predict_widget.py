@@ -15,7 +15,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_fcres.postprocess import labels_from_probabilities
-from napari_fcres.widgets._common import remember_checkpoints
+from napari_fcres.widgets._pickers import remember_checkpoints
 from napari_fcres.widgets.predict import PredictWidget, layer_names
 
 pytestmark = pytest.mark.gui
@@ -175,6 +175,7 @@ def test_prediction_never_overwrites_corrections(viewer, qtbot, em_layers, train
     assert new.name != labels.name and new.metadata["fcres_result"]["kind"] == "labels"
     assert new.data[1].any() and not new.data[[0, 2, 3]].any()
     assert f"corrections in {names['labels']!r} are kept" in widget.status_label.text()
+    assert new.visible and not labels.visible  # the corrections are kept, hidden
     assert any("are kept" in m for m in notifications.messages())
 
     # the whole stack: into the new (unedited) layer, in place
@@ -223,13 +224,24 @@ def test_closing_the_dock_stops_and_drops_the_prediction(viewer, qtbot, em_layer
 
 
 def test_ensemble_adds_disagreement(viewer, qtbot, em_layers, trained_checkpoint, second):
-    img, _ = em_layers
+    img, sample_labels = em_layers
     widget = make_widget(viewer, [trained_checkpoint, second])
     assert widget.checkpoint_list.checked() == [trained_checkpoint, second]
     widget.tta_check.setChecked(True)
+    # the cost is said before it starts
+    assert "about 8x the time of a plain prediction" in widget.status_label.text()
     click(qtbot, widget.stack_button)
     wait_done(qtbot, widget)
     names = layer_names(IMAGE)
+    # only the predicted labels are visible: no two label colourings or maps mix
+    visible = [la.name for la in viewer.layers if la.visible]
+    assert visible == [IMAGE, names["labels"]], visible
+    assert f"hidden so that label colours do not mix: {sample_labels.name!r}" in \
+        widget.status_label.text()
+    # the next TTA prediction's cost comes from this one
+    widget.tta_check.setChecked(False)
+    widget.tta_check.setChecked(True)
+    assert "expect about" in widget.status_label.text()
     spread = viewer.layers[names["disagreement"]]
     assert spread.data.shape == img.data.shape and spread.data.dtype == np.float32
     assert spread.data.max() > 0
@@ -297,7 +309,7 @@ def test_predict_2d_image(viewer, qtbot, em_small, trained_checkpoint):
     widget.image_combo.set_layer(layer)
     click(qtbot, widget.slice_button)  # a 2-D image: the whole image
     wait_done(qtbot, widget)
-    labels = viewer.layers["plane labels"]
+    labels = viewer.layers["plane predicted labels"]
     assert labels.data.shape == image.shape and labels.data.any()
     np.testing.assert_allclose(labels.scale, (0.5, 0.5))
 
@@ -312,7 +324,7 @@ def test_opened_after_a_prediction_picks_the_source_image(viewer, em_layers):
 
 def test_a_users_layer_with_the_same_name_is_kept(viewer, qtbot, em_layers, trained_checkpoint):
     img, _ = em_layers
-    mine = viewer.add_labels(np.ones((2, 8, 8), np.uint8), name=f"{IMAGE} labels")
+    mine = viewer.add_labels(np.ones((2, 8, 8), np.uint8), name=layer_names(IMAGE)["labels"])
     widget = make_widget(viewer, [trained_checkpoint])
     widget.image_combo.set_layer(img)
     for _ in range(2):

@@ -21,9 +21,10 @@ from qtpy.QtWidgets import (
 
 from napari_fcres.checkpoint import read_checkpoint
 from napari_fcres.config import preset_config
+from napari_fcres.selection import metric_name
 from napari_fcres.training import replace_train, run_training
-from napari_fcres.widgets._common import recent_checkpoints
-from napari_fcres.widgets.train import TrainWidget, detect_partial
+from napari_fcres.widgets._pickers import recent_checkpoints
+from napari_fcres.widgets.train import TrainWidget, detect_partial, validation_basis
 
 pytestmark = pytest.mark.gui
 
@@ -107,16 +108,24 @@ def test_full_training_run(viewer, qtbot, em_layers, tmp_path, make_train_widget
     assert recent_checkpoints() == [best]
     ck = read_checkpoint(best)
     assert ck["preset"] == "tiny" and ck["architecture"] == "pipeline"
-    # live plot: a loss per step, a validation every 20 steps and at the end (a short run:
-    # the end only, after its 2 epochs)
+    # live plot: a loss per step, the validation score that keeps the checkpoint per
+    # validation (a short run: at its end only)
     data = widget.plot_data()
     steps, losses = data["loss"][0]
     assert len(steps) >= 2 and steps == sorted(steps) and np.isfinite(losses).all()
-    assert data["dice"][0][0] == [2]
+    assert data["score"][0][0] == [2]
     line = widget.ax_loss.get_lines()[0]
     assert len(line.get_xdata()) == len(steps)
-    assert len(widget.ax_dice.get_lines()[0].get_xdata()) == 1
+    assert len(widget.ax_score.get_lines()[0].get_xdata()) == 1
+    # the loss is shown as 1 - Dice (positive, falls), the score is the one that decides
+    assert widget.ax_loss.get_title() == "training loss (1 − Dice)"
+    assert all(0.0 <= v <= 1.0 for v in losses)
+    assert f"validation {metric_name(result.metric)}" in widget.ax_score.get_title()
     assert "finished" in widget.status_label.text()
+    assert "validating on" in widget.status_label.text()
+    # the Output field still names the run the status names (Start would pick a new folder)
+    assert Path(widget.output_edit.path()) == tmp_path / "run"
+    assert str(best) in widget.status_label.text()
     assert_usable(widget)
 
 
@@ -453,3 +462,16 @@ def test_start_on_a_folder_holding_a_run_asks_first(viewer, qtbot, em_layers, tm
     assert int(read_checkpoint(run / "member_00" / "last.pt")["epoch"]) == 2
     assert len(list(tmp_path.glob("run.old-*"))) == 1
     assert_usable(widget)
+
+
+@pytest.mark.parametrize("n, fraction, split", [
+    (1, 0.2, "auto"), (3, 0.2, "auto"), (5, 0.0, "auto"), (7, 0.2, "slices"),
+    (8, 0.2, "auto"), (30, 0.2, "auto"), (30, 0.2, "regions")])
+def test_validation_basis_follows_the_split(n, fraction, split):
+    """Before training reports its own account, the status words the split training makes."""
+    from napari_fcres.training import choose_validation
+
+    expected = choose_validation(list(range(n)), 100, fraction, split, seed=0).describe(n)
+    assert validation_basis(n, fraction, split) == expected
+    told = type("P", (), {"validation_basis": "validating on held-out tiles"})()
+    assert validation_basis(n, fraction, split, told) == "validating on held-out tiles"

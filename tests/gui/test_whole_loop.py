@@ -95,7 +95,7 @@ def test_annotate_train_inspect_predict_correct_export_fine_tune(
     predict.mode_combo.setCurrentText("instances")
     press(qtbot, predict.stack_button)
     idle(qtbot, predict)
-    labels = viewer.layers[f"{IMAGE} labels"]
+    labels = viewer.layers[f"{IMAGE} predicted labels"]
     disagreement = viewer.layers[f"{IMAGE} disagreement"]
     assert disagreement.data.shape == image.shape and float(np.max(disagreement.data)) > 0
 
