@@ -882,7 +882,10 @@ class TrainWidget(QWidget):
         if not (resume and self._plot_dir == out):
             self._reset_plot_data()
             select = cfg.train.select_by
-            self._setup_axes(loss=cfg.train.loss, metric=None if select == "auto" else select)
+            loss = cfg.train.loss
+            if loss == "auto":  # as training.resolve_few_label_settings resolves it
+                loss = "bce_dice" if len(summary.annotated) < FEW_SLICES else "dice"
+            self._setup_axes(loss=loss, metric=None if select == "auto" else select)
             self.plot.draw()
         self._plot_dir = out
         self._run_dir = out

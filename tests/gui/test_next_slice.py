@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from napari_fcres.widgets._common import current_slice
 from qtpy.QtCore import Qt
 
+from napari_fcres.widgets._layers import current_slice
 from napari_fcres.widgets.predict import PredictWidget, layer_names
 
 pytestmark = pytest.mark.gui
