@@ -129,8 +129,6 @@ def test_last_pt_is_written_every_epoch(tmp_path, stack):
     gen.close()
 
 
-@pytest.mark.skip(reason="counts snapshots at epoch ends; last.pt is now written after "
-                  "every validation (step-counted, issue 19): to be rewritten")
 def test_mid_epoch_snapshot_resumes_like_an_uninterrupted_run(tmp_path, stack, monkeypatch):
     image, labels = stack
     cfg = tiny_config(epochs=3, steps_per_epoch=3)
@@ -140,13 +138,16 @@ def test_mid_epoch_snapshot_resumes_like_an_uninterrupted_run(tmp_path, stack, m
     monkeypatch.setattr(training, "CHECKPOINT_INTERVAL_S", 0.0)  # write after every step
     gen = train(cfg, image, labels, tmp_path / "live")
     steps = 0
-    while steps < 5:  # epoch 2, step 2 of 3
+    while steps < 5:  # the report of step 5 (epoch 2, its 2nd step)
         steps += next(gen).kind == "step"
-    # the folder as a SIGKILL would leave it now: copy it before anything else runs
+    # the folder as a SIGKILL would leave it now: copy it before anything else runs.  Its
+    # last.pt is step 4's (a snapshot is written after a step's report, between validations
+    # every CHECKPOINT_INTERVAL_S): mid-epoch, after the validation of step 3
     shutil.copytree(tmp_path / "live", tmp_path / "killed")
     gen.close()
     snap = read_checkpoint(tmp_path / "killed" / "member_00" / "last.pt")
-    assert (snap["epoch"], snap["step"], snap["step_in_epoch"]) == (1, 5, 2)
+    assert (snap["epoch"], snap["step"], snap["step_in_epoch"]) == (1, 4, 1)
+    assert snap["last_val_step"] == 3
 
     monkeypatch.setattr(training, "CHECKPOINT_INTERVAL_S", 300.0)
     resumed = run_training(cfg, image, labels, tmp_path / "killed", resume=True)
@@ -209,22 +210,21 @@ def test_sigkill_mid_epoch_then_resume_continues(tmp_path, stack_files, caplog):
 
 
 @needs_sigkill
-@pytest.mark.skip(reason="counts snapshots at epoch ends; last.pt is now written after "
-                  "every validation (step-counted, issue 19): to be rewritten")
 def test_sigkill_inside_a_checkpoint_write_leaves_no_corrupt_file(tmp_path, stack_files):
     out = tmp_path / "run"
     member = out / "member_00"
     # killed between the complete temporary file and its rename, in the 3rd write of
-    # last.pt: the end of epoch 3
+    # last.pt: after the validation of step 9 (one every 3 steps)
     proc = _child(out, stack_files, "--epochs", "10", "--steps-per-epoch", "3",
-                  env={KILL_IN_WRITE_ENV: "last.pt:3"})
+                  "--val-every", "3", env={KILL_IN_WRITE_ENV: "last.pt:3"})
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == -signal.SIGKILL, err.decode("utf-8", "replace")[-2000:]
     leftovers = list(member.glob(".last.pt.*.tmp"))
     assert len(leftovers) == 1
     for name in ("last.pt", "best.pt"):  # both whole and readable
         read_checkpoint(member / name)
-    assert read_checkpoint(member / "last.pt")["epoch"] == 2
+    last = read_checkpoint(member / "last.pt")  # the 2nd write: step 6
+    assert (last["step"], last["epoch"]) == (6, 2)
 
     assert main(cli_train(stack_files, out, "--resume", "--epochs", "4")) == 0
     last = read_checkpoint(member / "last.pt")
