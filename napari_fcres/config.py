@@ -34,6 +34,9 @@ LOSS_CHOICES: tuple[str, ...] = ("auto", "dice", "bce_dice")
 #: intensity jitter and BCE + Dice unless the config says otherwise (BENCHMARKS.md 1c)
 FEW_SLICES = 8
 FEW_LABELS_INTENSITY = 0.5
+#: warm-up steps when ``train.warmup_steps`` is None: with the Dice loss, with BCE + Dice
+DICE_WARMUP_STEPS = 100
+SHORT_WARMUP_STEPS = 20
 #: epoch limit of a run given no time budget and no ``epochs``
 DEFAULT_EPOCHS = 200
 #: How the validation scores are written for people.
@@ -154,8 +157,12 @@ class TrainConfig:
     rmsprop_alpha: float = 0.9  # Keras RMSprop rho
     rmsprop_eps: float = 1e-7
     # linear learning-rate warm-up over the first steps: RMSprop's first steps are
-    # ~3x lr on every weight (its running average starts at 0) and can kill ReLUs
-    warmup_steps: int = 100
+    # ~3x lr on every weight (its running average starts at 0) and can kill ReLUs.  None =
+    # auto, after the loss: 100 steps with the Dice loss (shorter warm-ups left Dice runs
+    # stuck at all-foreground), 20 with BCE + Dice (BCE has no such plateau; 20 steps cover
+    # RMSprop's start, 0.9^20 = 0.12, and leave a 3-minute run most of its ~150 steps at
+    # full rate): training.resolve_few_label_settings, BENCHMARKS.md 1c
+    warmup_steps: int | None = None
     batch_size: int = 8
     crop_size: int = 256
     # passes over the training slices; None: no limit when ``max_minutes`` is given (the
@@ -197,7 +204,7 @@ class TrainConfig:
             if value is not None and value < 1:
                 raise InputError(f"{name} must be at least 1, got {value}")
         for name in ("warmup_steps", "patience_steps"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise InputError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")

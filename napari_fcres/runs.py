@@ -62,6 +62,7 @@ RESUME_CHANGEABLE: tuple[str, ...] = (
     # resolved from the annotated slices when the run starts (training.resolve_few_label_settings)
     "train.loss",
     "augment.intensity",
+    "train.warmup_steps",
     "train.device",
     "train.num_workers",
     "train.inference_tile",

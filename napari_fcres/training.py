@@ -31,7 +31,15 @@ import torch
 
 from .augment import CropSampler, SliceData
 from .checkpoint import config_of, read_checkpoint, save_checkpoint
-from .config import DEFAULT_EPOCHS, FEW_LABELS_INTENSITY, FEW_SLICES, Config, same_network
+from .config import (
+    DEFAULT_EPOCHS,
+    DICE_WARMUP_STEPS,
+    FEW_LABELS_INTENSITY,
+    FEW_SLICES,
+    SHORT_WARMUP_STEPS,
+    Config,
+    same_network,
+)
 from .device import is_out_of_memory, resolve_device, use_amp, use_channels_last_for_training
 from .distributed import DistContext
 from .errors import CheckpointError, InputError, OutOfMemoryError, TrainingError
@@ -241,12 +249,14 @@ def choose_validation(
 
 
 def resolve_few_label_settings(cfg: Config, n_annotated: int) -> Config:
-    """``augment.intensity: None`` and ``train.loss: auto`` made concrete for ``n_annotated``.
+    """``augment.intensity: None``, ``train.loss: auto`` and ``train.warmup_steps: None`` made
+    concrete for ``n_annotated``.
 
     With fewer than :data:`~napari_fcres.config.FEW_SLICES` annotated slices the crops'
     brightness and contrast are jittered (a few slices span a narrow intensity range, and the
     slices to segment may be brighter) and the loss is BCE + Dice; with more, the paper's
-    recipe (no jitter, Dice).  Measured on ISBI with 3 painted slices (BENCHMARKS.md 1c).
+    recipe (no jitter, Dice).  The warm-up follows the loss: 20 steps with BCE + Dice,
+    100 with Dice.  Measured on ISBI with 3 painted slices (BENCHMARKS.md 1c).
     """
     few = n_annotated < FEW_SLICES
     aug, t = cfg.augment, cfg.train
@@ -257,6 +267,10 @@ def resolve_few_label_settings(cfg: Config, n_annotated: int) -> Config:
     if t.loss == "auto":
         t = dataclasses.replace(t, loss="bce_dice" if few else "dice")
         changes["train.loss"] = t.loss
+    if t.warmup_steps is None:  # after the loss: Dice has an all-foreground plateau, BCE not
+        t = dataclasses.replace(t, warmup_steps=(SHORT_WARMUP_STEPS if t.loss == "bce_dice"
+                                                 else DICE_WARMUP_STEPS))
+        changes["train.warmup_steps"] = t.warmup_steps
     if changes:
         log.info("%d annotated slice(s)%s: %s", n_annotated,
                  f" (fewer than {FEW_SLICES})" if few else "",

@@ -74,7 +74,7 @@ def test_new_defaults():
     cfg = preset_config("cpu")
     assert cfg.model.init == "he"
     assert cfg.model.preprocessor.input_norm == "batch"
-    assert cfg.train.warmup_steps == 100
+    assert cfg.train.warmup_steps is None  # auto: after the loss
     assert cfg.model.preprocessor.merge_kernel == 3
     assert cfg.train.weight_decay_mode == "decoupled"
     assert cfg.train.select_by == "auto"

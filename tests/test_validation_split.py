@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -105,3 +106,19 @@ def test_far_from_training_slices_are_named():
     high, low = foreground_outliers(probs, [0.25, 0.3, 0.35])
     assert high == [4] and low == []
     assert "slice(s) 4 far more foreground" in outlier_message(high, low, [0.25, 0.3, 0.35])
+
+
+def test_few_label_settings_follow_the_number_of_annotated_slices():
+    from napari_fcres.config import preset_config
+    from napari_fcres.training import resolve_few_label_settings
+
+    cfg = preset_config("cpu")
+    few = resolve_few_label_settings(cfg, 3)
+    assert (few.augment.intensity, few.train.loss, few.train.warmup_steps) == (0.5, "bce_dice", 20)
+    many = resolve_few_label_settings(cfg, 8)
+    assert (many.augment.intensity, many.train.loss, many.train.warmup_steps) == (0.0, "dice", 100)
+    # the warm-up follows the loss, and what a config says is kept
+    bce = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, loss="bce_dice"))
+    assert resolve_few_label_settings(bce, 30).train.warmup_steps == 20
+    told = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, warmup_steps=7))
+    assert resolve_few_label_settings(told, 3).train.warmup_steps == 7
