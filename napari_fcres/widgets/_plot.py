@@ -6,7 +6,7 @@
   imported: the import (and, in a fresh home folder, building matplotlib's font cache: seconds)
   runs in a background thread, never on the GUI thread while a dock opens.
 * :class:`TrainingPlot` - the live training plot: training loss per step and the validation
-  score that keeps the best checkpoint per epoch.
+  score that keeps the best checkpoint at each validation step.
 
 :class:`TrainingPlot` holds the data series of every ensemble member, sets up the two axes and
 redraws them cheaply: the lines are blitted onto a saved background, and the axes limits grow
@@ -242,9 +242,11 @@ def _score_title(metric: str | None) -> str:
 
 
 class TrainingPlot:
-    """Loss per step (top axes) and the validation score per epoch (bottom axes), per member.
+    """Loss per step (top axes) and the validation score at each validation step (bottom
+    axes), per member.
 
-    The loss is shown as :func:`shown_loss` (1 - Dice for the Dice loss); the score is the one
+    The loss is shown as :func:`shown_loss` (1 - Dice for the Dice loss, BCE + 1 - Dice for
+    BCE + Dice); the score is the one
     that keeps the best checkpoint (Dice or V_rand, :meth:`set_metric`).  ``widget`` is the Qt
     widget to lay out (a :class:`LazyCanvas`: the figure comes once matplotlib is imported;
     ``canvas``, ``figure``, ``ax_loss`` and ``ax_score`` make it at once); :meth:`add_step` /
@@ -262,8 +264,8 @@ class TrainingPlot:
         self.widget = LazyCanvas(
             figsize, nrows=2, viewer=viewer,
             tooltip="Training loss per step (top; the Dice loss shown as 1 − Dice: lower is "
-            "better) and, per epoch, the validation score that keeps the best checkpoint "
-            "(bottom; Dice or V_rand: higher is better)",
+            "better) and, at each validation step, the validation score that keeps the best "
+            "checkpoint (bottom; Dice or V_rand: higher is better)",
         )
         self.widget.ready.connect(self._on_ready)
         if self.widget.is_ready:
@@ -296,7 +298,7 @@ class TrainingPlot:
 
     @property
     def ax_score(self) -> Any:
-        """Axes of the validation score per epoch."""
+        """Axes of the validation score per validation step."""
         self.widget.ensure()
         return self.widget.axes[1]
 
@@ -319,10 +321,11 @@ class TrainingPlot:
         ys.append(shown_loss(loss))
         self._dirty = True
 
-    def add_validation(self, member: int, epoch: int, score: float) -> None:
-        """Record the validation score (by :attr:`metric`) of ``member`` after ``epoch``."""
+    def add_validation(self, member: int, step: int, score: float) -> None:
+        """Record the validation score (by :attr:`metric`) of ``member`` at ``step`` (the loss
+        axis's unit: validation runs every ``val_every_steps`` steps)."""
         xs, ys = self._score.setdefault(member, ([], []))
-        xs.append(epoch)
+        xs.append(step)
         ys.append(score)
         self._dirty = True
 
@@ -355,7 +358,7 @@ class TrainingPlot:
         self.ax_loss.set_title(f"training loss ({loss_label(loss)})", fontsize=9)
         self.ax_loss.set_xlabel("step", fontsize=8)
         self.ax_score.set_title(_score_title(metric), fontsize=9)
-        self.ax_score.set_xlabel("epoch", fontsize=8)
+        self.ax_score.set_xlabel("step", fontsize=8)
         for ax in (self.ax_loss, self.ax_score):
             ax.tick_params(labelsize=7)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -929,7 +929,7 @@ class TrainWidget(QWidget):
         if p.kind == "step" and p.loss is not None:
             self.plot.add_step(p.member, p.step, p.loss)
         elif p.kind == "validation" and score is not None:
-            self.plot.add_validation(p.member, p.epoch, score)
+            self.plot.add_validation(p.member, p.step, score)
         self.progressed.emit(p)
 
     def _tick(self, force: bool = False) -> None:
