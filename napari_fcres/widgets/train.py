@@ -886,7 +886,7 @@ class TrainWidget(QWidget):
             if loss == "auto":  # as training.resolve_few_label_settings resolves it
                 loss = "bce_dice" if len(summary.annotated) < FEW_SLICES else "dice"
             self._setup_axes(loss=loss, metric=None if select == "auto" else select)
-            self.plot.draw()
+        fresh_plot = not (resume and self._plot_dir == out)
         self._plot_dir = out
         self._run_dir = out
         desc = f"Training {cfg.model.preset} {cfg.model.architecture}"
@@ -908,6 +908,8 @@ class TrainWidget(QWidget):
             on_yield=self._on_progress, on_done=self._on_done, on_error=self._on_error,
             on_finished=self._on_finished,
         )
+        if fresh_plot:  # after the start: napari's new progress bar runs the event loop,
+            self.plot.draw()  # which would do this full draw inside the click (measured)
 
     def stop(self) -> None:
         """End the run at the next step (its best and resumable checkpoints are kept).
