@@ -89,7 +89,7 @@ def wait_for_matplotlib() -> None:
 
 #: Margins of the axes in pixels: left, right, top, bottom and the gap between rows (room for
 #: the tick labels, titles and axis labels at the font sizes the widgets use).
-MARGINS_PX = (44, 12, 22, 30, 46)
+MARGINS_PX = (44, 12, 22, 36, 58)
 
 
 def fit_margins(fig: Any, nrows: int, margins: tuple[int, int, int, int, int] = MARGINS_PX
