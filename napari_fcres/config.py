@@ -37,6 +37,46 @@ FEW_LABELS_INTENSITY = 0.5
 #: warm-up steps when ``train.warmup_steps`` is None: with the Dice loss, with BCE + Dice
 DICE_WARMUP_STEPS = 100
 SHORT_WARMUP_STEPS = 20
+#: fewer validation slices than this makes the scores "rough"
+MIN_VAL_SLICES = 2
+
+
+def resolved_loss(loss: str, n_annotated: int) -> str:
+    """The loss a run trains with: ``auto`` is BCE + Dice below :data:`FEW_SLICES`, else Dice."""
+    if loss != "auto":
+        return loss
+    return "bce_dice" if n_annotated < FEW_SLICES else "dice"
+
+
+def validation_count(n_annotated: int, val_fraction: float) -> int:
+    """How many whole slices a slice split holds out (at least 1 when 2 or more exist)."""
+    if n_annotated < 2:
+        return 0
+    n_val = int(round(val_fraction * n_annotated))
+    return min(max(n_val, 1 if val_fraction > 0 else 0), n_annotated - 1)
+
+
+def validation_by_regions(n_annotated: int, val_fraction: float, val_split: str) -> bool:
+    """True when validation is a band of every annotated slice (``auto``: few slices)."""
+    if val_fraction == 0:
+        return False
+    if val_split == "auto":
+        return n_annotated < FEW_SLICES
+    return val_split == "regions"
+
+
+def validation_words(n_annotated: int, n_val: int, regions: bool) -> str:
+    """``validating on 1 of 3 annotated slices: scores are rough`` and the like."""
+    if regions:
+        plural = "s" if n_annotated != 1 else ""
+        return (f"validating on a held-out band of each of the {n_annotated} annotated "
+                f"slice{plural}" + (": scores are rough" if n_annotated < 3 else ""))
+    if not n_val:
+        return "validating on the training slice itself: scores are optimistic"
+    return (f"validating on {n_val} of {n_annotated} annotated slices"
+            + (": scores are rough" if n_val < MIN_VAL_SLICES else ""))
+
+
 #: epoch limit of a run given no time budget and no ``epochs``
 DEFAULT_EPOCHS = 200
 #: How the validation scores are written for people.

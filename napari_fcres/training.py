@@ -38,7 +38,11 @@ from .config import (
     FEW_SLICES,
     SHORT_WARMUP_STEPS,
     Config,
+    resolved_loss,
     same_network,
+    validation_by_regions,
+    validation_count,
+    validation_words,
 )
 from .device import is_out_of_memory, resolve_device, use_amp, use_channels_last_for_training
 from .distributed import DistContext
@@ -190,10 +194,6 @@ def fit_crop_size(crop: int, h: int, w: int, divisor: int) -> int:
     return fitted
 
 
-#: ``val_split: auto`` holds out whole slices only when that leaves this many to validate on.
-MIN_VAL_SLICES = 2
-
-
 @dataclass
 class ValidationSplit:
     """What trains and what validates: slice indices and, for regions, each slice's band.
@@ -214,14 +214,8 @@ class ValidationSplit:
     def describe(self, n_annotated: int) -> str:
         """``validating on 1 slice: scores are rough`` and the like."""
         if self.regions:
-            n = len(self.regions)
-            return (f"validating on a held-out band of each of the {n} annotated "
-                    f"slice{'s' if n != 1 else ''}" + (": scores are rough" if n < 3 else ""))
-        if not self.val:
-            return "validating on the training slice itself: scores are optimistic"
-        n = len(self.val)
-        return (f"validating on {n} of {n_annotated} annotated slices"
-                + (": scores are rough" if n < MIN_VAL_SLICES else ""))
+            return validation_words(len(self.regions), 0, regions=True)
+        return validation_words(n_annotated, len(self.val), regions=False)
 
 
 def choose_validation(
@@ -234,10 +228,7 @@ def choose_validation(
     painted slices, all 3 train and all 3 validate, instead of 2 and 1.
     """
     train_s, val_s = split_slices(annotated, val_fraction, seed)
-    mode = val_split
-    if mode == "auto":
-        mode = "slices" if len(annotated) >= FEW_SLICES or val_fraction == 0 else "regions"
-    if mode == "slices" or val_fraction == 0:
+    if not validation_by_regions(len(annotated), val_fraction, val_split):
         return ValidationSplit(train_s, val_s)
     rng = random.Random(seed)
     band = max(1, min(width - 1, int(round(val_fraction * width))))
@@ -265,7 +256,7 @@ def resolve_few_label_settings(cfg: Config, n_annotated: int) -> Config:
         aug = dataclasses.replace(aug, intensity=FEW_LABELS_INTENSITY if few else 0.0)
         changes["augment.intensity"] = aug.intensity
     if t.loss == "auto":
-        t = dataclasses.replace(t, loss="bce_dice" if few else "dice")
+        t = dataclasses.replace(t, loss=resolved_loss(t.loss, n_annotated))
         changes["train.loss"] = t.loss
     if t.warmup_steps is None:  # after the loss: Dice has an all-foreground plateau, BCE not
         t = dataclasses.replace(t, warmup_steps=(SHORT_WARMUP_STEPS if t.loss == "bce_dice"
@@ -288,8 +279,7 @@ def split_slices(annotated: Sequence[int], val_fraction: float, seed: int) -> tu
     from its middle) are then always validated on.
     """
     order = sorted(int(z) for z in annotated)
-    n_val = int(round(val_fraction * len(order))) if len(order) >= 2 else 0
-    n_val = min(max(n_val, 1 if val_fraction > 0 and len(order) >= 2 else 0), len(order) - 1)
+    n_val = validation_count(len(order), val_fraction)
     rng = random.Random(seed)
     if n_val < 2:
         val = rng.sample(order, n_val)

@@ -33,13 +33,16 @@ from qtpy.QtWidgets import (
 
 from ..config import (
     ARCHITECTURES,
-    FEW_SLICES,
     PRESET_HELP,
     PRESETS,
     SELECT_BY,
     Config,
     metric_name,
     preset_config,
+    resolved_loss,
+    validation_by_regions,
+    validation_count,
+    validation_words,
 )
 from ..errors import FcresError, InputError
 from ..jobs import train_job
@@ -124,27 +127,16 @@ def validation_basis(
     """What the validation scores of a run are based on, in words ("" when unknown).
 
     The run's own account (``progress.validation_basis``, when the training loop reports one)
-    wins; before it, the words follow from the ``n_slices`` annotated slices and the split
-    rule of :func:`napari_fcres.training.choose_validation` (not imported: it would import
-    torch into napari's process): fewer than ``FEW_SLICES`` slices validate on a band of each.
+    wins; before it, the words of the split training will make (the rule lives in
+    :mod:`napari_fcres.config`, which imports no torch).
     """
     told = getattr(progress, "validation_basis", None)
     if told:
         return str(told)
     if progress is not None or n_slices < 1:
         return ""
-    regions = val_split == "regions" or (val_split == "auto" and n_slices < FEW_SLICES)
-    if regions and val_fraction > 0:
-        plural = "s" if n_slices != 1 else ""
-        rough = ": scores are rough" if n_slices < 3 else ""
-        return (f"validating on a held-out band of each of the {n_slices} annotated "
-                f"slice{plural}{rough}")
-    n_val = int(round(val_fraction * n_slices)) if n_slices >= 2 else 0
-    n_val = min(max(n_val, 1 if val_fraction > 0 and n_slices >= 2 else 0), n_slices - 1)
-    if n_val == 0:
-        return "validating on the training slice itself: scores are optimistic"
-    rough = ": scores are rough" if n_val < 2 else ""
-    return f"validating on {n_val} of {n_slices} annotated slices{rough}"
+    regions = validation_by_regions(n_slices, val_fraction, val_split)
+    return validation_words(n_slices, validation_count(n_slices, val_fraction), regions)
 
 
 def _rgb_error(name: str) -> InputError:
@@ -882,9 +874,7 @@ class TrainWidget(QWidget):
         if not (resume and self._plot_dir == out):
             self._reset_plot_data()
             select = cfg.train.select_by
-            loss = cfg.train.loss
-            if loss == "auto":  # as training.resolve_few_label_settings resolves it
-                loss = "bce_dice" if len(summary.annotated) < FEW_SLICES else "dice"
+            loss = resolved_loss(cfg.train.loss, len(summary.annotated))
             self._setup_axes(loss=loss, metric=None if select == "auto" else select)
         fresh_plot = not (resume and self._plot_dir == out)
         self._plot_dir = out
