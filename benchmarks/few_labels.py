@@ -170,6 +170,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _round_dir(args: argparse.Namespace, budget: float, painted: list[int]) -> Path:
+    """Where the simulated annotator's model for ``painted`` trains (shared by every k)."""
+    return args.out / f"b{budget:g}_suggested_rounds" / f"slices_{'-'.join(map(str, painted))}"
+
+
+def _suggested_slices(args: argparse.Namespace, image: np.ndarray, labels: np.ndarray,
+                      tmp: Path, budget: float, k: int) -> list[int]:
+    """The simulated annotator: paint slice 5, train ours, paint the slice the tool
+    suggests, and so on until ``k`` slices.  Each round's model is kept (and reused by a
+    larger k), so the k-slice model of this choice is the annotator's round k."""
+    painted = [5]
+    while True:
+        rdir = _round_dir(args, budget, painted)
+        if not (rdir / "train_info.json").exists():
+            npz = _data(image, labels, painted, tmp, f"round_{len(painted)}")
+            spec = _spec("ours", rdir, npz, args, budget)
+            _run([ia.Task(rdir.name, "ours", rdir, sys.executable, spec)], 1, tmp)
+        if len(painted) == k:
+            return painted
+        nxt = _suggest_next(rdir, image, painted)
+        log.info("annotator (%g min): suggested slice %d after %s", budget, nxt, painted)
+        painted = sorted([*painted, nxt])
+
+
 def _one_setting(args: argparse.Namespace, image: np.ndarray, labels: np.ndarray, tmp: Path,
                  budget: float, k: int, choice: str) -> list[dict[str, Any]]:
     """Every method on one (budget, k, slice choice)."""
@@ -178,17 +202,8 @@ def _one_setting(args: argparse.Namespace, image: np.ndarray, labels: np.ndarray
         painted = even_slices(k)
     elif choice == "random":
         painted = random_slices(k, args.seed)
-    else:  # simulated annotator: rounds of ours, one more slice each
-        painted = [5]
-        while len(painted) < k:
-            rdir = args.out / tag / f"round{len(painted)}" / "ours"
-            npz = _data(image, labels, painted, tmp, f"{tag}_r{len(painted)}")
-            task = ia.Task(tag, "ours", rdir, sys.executable, _spec("ours", rdir, npz, args,
-                                                                     budget))
-            _run([task], 1, tmp)
-            nxt = _suggest_next(rdir, image, painted)
-            log.info("%s: suggested slice %d after %s", tag, nxt, painted)
-            painted = sorted([*painted, nxt])
+    else:
+        painted = _suggested_slices(args, image, labels, tmp, budget, k)
     npz = _data(image, labels, painted, tmp, tag)
     tasks = []
     for method in args.methods:
@@ -198,10 +213,17 @@ def _one_setting(args: argparse.Namespace, image: np.ndarray, labels: np.ndarray
             if py is None:
                 log.warning("skipping torch-em: %s", why)
                 continue
+        if choice == "suggested" and method == "ours":
+            continue  # trained as the annotator's last round (below)
         rdir = args.out / tag / method
         tasks.append(ia.Task(tag, method, rdir, py, _spec(method, rdir, npz, args, budget)))
     _run(tasks, args.jobs, tmp)
     rows = []
+    if choice == "suggested" and "ours" in args.methods:
+        done = ia.Task(tag, "ours", _round_dir(args, budget, painted), sys.executable, {})
+        if not (done.run_dir / "train_info.json").exists():
+            done.error = f"the annotator's round left no model in {done.run_dir}"
+        tasks.insert(0, done)
     for t in tasks:
         if t.error:
             rows.append({"method": t.method, "budget": budget, "k": k, "choice": choice,

@@ -213,6 +213,9 @@ class TrainConfig:
     # early stopping: optimisation steps without a better validation score (0: never).
     # Counted in steps, not epochs, so it means the same for 3 slices and for 300.
     patience_steps: int = 1000
+    # exponential moving average of the weights (0: off): validation scores the average and
+    # the best checkpoint keeps it (napari_fcres.weight_average)
+    ema_decay: float = 0.0
     # which validation score keeps the best checkpoint: "dice", "v_rand" (ISBI foreground-restricted
     # Rand score, for membrane EM) or "auto" (v_rand for stacks of many touching cells)
     select_by: str = "auto"
@@ -246,6 +249,8 @@ class TrainConfig:
         for name in ("warmup_steps", "patience_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise InputError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise InputError(f"ema_decay must be 0 (off) or below 1, got {self.ema_decay}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 

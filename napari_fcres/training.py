@@ -72,6 +72,7 @@ from .selection import (
     trivial_scores,
     validation_scores,
 )
+from .weight_average import WeightAverage
 
 log = logging.getLogger(__name__)
 
@@ -519,6 +520,8 @@ class _MemberRun:
             self.model.to(memory_format=torch.channels_last)
         self.amp = use_amp(device)
         self.model = self.dist.convert_batchnorm(self.model)
+        # the weights validation scores and the best checkpoint keeps (the average, if any)
+        self.average = WeightAverage(self.model, t.ema_decay) if t.ema_decay else None
         self.elapsed = 0.0  # training seconds so far (the budget-cosine schedule reads it)
         self.opt = build_optimizer(self.model, cfg)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -583,7 +586,8 @@ class _MemberRun:
             "config": self.cfg.to_dict(),
             "preset": self.cfg.model.preset,
             "architecture": self.cfg.model.architecture,
-            "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "model_state": {k: v.detach().cpu()
+                            for k, v in self._kept_model(with_training_state).state_dict().items()},
             "member": self.member,
             "seed": self.seed,
             "split": {"train": self.split.train, "val": self.split.val,
@@ -602,12 +606,20 @@ class _MemberRun:
             "finished": self.finished,
         }
         if with_training_state:
+            if self.average is not None:
+                p["weight_average"] = self.average.state()
             p["optimizer_state"] = self.opt.state_dict()
             p["scheduler_state"] = self.sched.state_dict()
             p["rng_state"] = _rng_state(self.gen)
             if self.rank_rng_states is not None and len(self.rank_rng_states) > 1:
                 p["rng_state_ranks"] = self.rank_rng_states
         return p
+
+    def _kept_model(self, training_state: bool) -> torch.nn.Module:
+        """The trained weights (to resume from), or the weights a prediction uses."""
+        if training_state or self.average is None:
+            return self.model
+        return self.average.model
 
     def _resume(self) -> None:
         ck = read_checkpoint(self.last_path)
@@ -619,6 +631,8 @@ class _MemberRun:
                 "output folder"
             )
         self.model.load_state_dict(ck["model_state"])
+        if self.average is not None:
+            self.average.load_state(ck["weight_average"])
         self.opt.load_state_dict(ck["optimizer_state"])
         self.sched.load_state_dict(ck["scheduler_state"])
         _set_rng_state(self._own_rng_state(ck), self.gen)
@@ -703,6 +717,8 @@ class _MemberRun:
         loss.backward()
         self.opt.step()
         self.sched.step()
+        if self.average is not None:
+            self.average.update(self.model)
         return float(loss.detach())
 
     def _set_train_mode(self) -> None:
@@ -805,8 +821,8 @@ class _MemberRun:
         slices = self.val_slices or self.train_slices
         tile = self.cfg.train.inference_tile
         # rank 0 validates and broadcasts, so early stopping agrees on every rank
-        scores = validate_model(self.model, self.data, slices, self.device, tile, self.metric,
-                                self.split.regions) if self.dist.is_main else {}
+        scores = validate_model(self._kept_model(False), self.data, slices, self.device, tile,
+                                self.metric, self.split.regions) if self.dist.is_main else {}
         self.last_val_step = self.step
         val = self.dist.broadcast_float(scores.get(self.metric, 0.0))
         dice_val = scores.get("dice", val)
