@@ -20,7 +20,11 @@ from .config import AugmentConfig
 
 @dataclass
 class SliceData:
-    """Training slices as tensors: raw image, 0/1 target and 0/1 valid mask, (Z, H, W)."""
+    """Training slices as tensors: raw image, 0/1 target and valid mask, (Z, H, W).
+
+    The mask is 0 where a pixel does not count and its loss weight elsewhere (1, or the
+    separation weights of :mod:`napari_fcres.border_weights`).
+    """
 
     image: torch.Tensor
     target: torch.Tensor
@@ -28,7 +32,7 @@ class SliceData:
 
     def __post_init__(self) -> None:
         # Crop centres: uniform for densely annotated slices, else on annotated pixels.
-        self.valid_fraction = self.mask.flatten(1).float().mean(1)
+        self.valid_fraction = (self.mask > 0).flatten(1).float().mean(1)
 
 
 class CropSampler:
@@ -43,11 +47,11 @@ class CropSampler:
         self.gen = generator
         _, self.h, self.w = data.image.shape
         self._valid_coords = [
-            torch.nonzero(m) if f < 0.5 else None
+            torch.nonzero(m > 0) if f < 0.5 else None
             for m, f in zip(data.mask, data.valid_fraction, strict=True)
         ]
         # Pick slices in proportion to how many annotated pixels they hold.
-        self._slice_weights = data.mask.flatten(1).float().sum(1)
+        self._slice_weights = (data.mask > 0).flatten(1).float().sum(1)
 
     def _rand(self, *shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=self.gen)

@@ -213,6 +213,10 @@ class TrainConfig:
     # early stopping: optimisation steps without a better validation score (0: never).
     # Counted in steps, not epochs, so it means the same for 3 slices and for 300.
     patience_steps: int = 1000
+    # U-Net's separation weights on the BCE (napari_fcres.border_weights): thin background
+    # between two objects weighs up to 1 + border_weight; 0: off.  The Dice loss is unweighted
+    border_weight: float = 0.0
+    border_sigma: float = 5.0  # pixels
     # exponential moving average of the weights (0: off): validation scores the average and
     # the best checkpoint keeps it (napari_fcres.weight_average)
     ema_decay: float = 0.0
@@ -249,6 +253,9 @@ class TrainConfig:
         for name in ("warmup_steps", "patience_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise InputError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.border_weight < 0 or self.border_sigma <= 0:
+            raise InputError(f"border_weight must be 0 or more and border_sigma above 0, got "
+                             f"{self.border_weight} and {self.border_sigma}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise InputError(f"ema_decay must be 0 (off) or below 1, got {self.ema_decay}")
         if not 0.0 <= self.val_fraction < 1.0:

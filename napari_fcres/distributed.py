@@ -185,7 +185,7 @@ def global_dice_loss(
     o = torch.sigmoid(logits.float())
     y = target.float()
     if mask is not None:
-        m = mask.float()
+        m = (mask > 0).float()  # annotated pixels; loss weights are the BCE's
         o, y = o * m, y * m
     sums = _all_reduce_sum(torch.stack([(o * y).sum(), o.sum() + y.sum()]))
     return -(2.0 * sums[0] + eps) / (sums[1] + eps)
@@ -194,7 +194,8 @@ def global_dice_loss(
 def global_bce_dice_loss(
     logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Mean BCE over the annotated pixels of the global batch plus the global Dice loss."""
+    """Weighted mean BCE over the annotated pixels of the global batch (``mask``: 0 or the
+    pixel's weight) plus the global Dice loss."""
     bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
     if mask is not None:
         m = mask.float()

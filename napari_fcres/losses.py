@@ -12,13 +12,13 @@ def dice_loss(
 ) -> torch.Tensor:
     """Eq. (2): ``-2 sum(o y) / (sum o + sum y)`` over the whole batch (minimum -1).
 
-    ``mask`` (same shape, 0/1) restricts the sums to annotated pixels, so
-    partially annotated stacks and ignore labels never count.
+    ``mask`` (same shape) restricts the sums to annotated pixels (``mask > 0``), so
+    partially annotated stacks and ignore labels never count; its values do not weigh.
     """
     o = torch.sigmoid(logits.float())
     y = target.float()
     if mask is not None:
-        m = mask.float()
+        m = (mask > 0).float()
         o, y = o * m, y * m
     return -(2.0 * (o * y).sum() + eps) / (o.sum() + y.sum() + eps)
 
@@ -26,7 +26,12 @@ def dice_loss(
 def bce_dice_loss(
     logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Binary cross-entropy (over annotated pixels) plus the Dice loss."""
+    """Binary cross-entropy plus the Dice loss.
+
+    ``mask``: 0 where a pixel does not count, else the weight of its cross-entropy (1, or
+    the separation weights of :mod:`napari_fcres.border_weights`); the cross-entropy is
+    the weighted mean, the Dice term counts every annotated pixel alike.
+    """
     bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
     if mask is not None:
         m = mask.float()

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .augment import CropSampler, SliceData
+from .border_weights import stack_separation_weights
 from .checkpoint import config_of, read_checkpoint, save_checkpoint
 from .config import (
     DEFAULT_EPOCHS,
@@ -559,7 +560,7 @@ class _MemberRun:
         sd = SliceData(
             torch.from_numpy(data.image[self.split.train]),
             torch.from_numpy(data.target[self.split.train]),
-            torch.from_numpy(self._train_mask().astype(np.float32)),
+            torch.from_numpy(self._loss_weights()),
         )
         self.sampler = CropSampler(sd, t.crop_size, cfg.augment, self.gen)
 
@@ -579,6 +580,19 @@ class _MemberRun:
                 x0, x1 = self.split.regions[z]
                 mask[k, :, x0:x1] = False
         return mask
+
+    def _loss_weights(self) -> np.ndarray:
+        """The training slices' loss mask: 0 off the annotated pixels, else each pixel's
+        weight (1, or the separation weights with ``train.border_weight``)."""
+        mask = self._train_mask()
+        t = self.cfg.train
+        if not t.border_weight:
+            return mask.astype(np.float32)
+        if t.loss == "dice":
+            log.warning("train.border_weight weighs the cross-entropy; the Dice loss has none")
+        weights = stack_separation_weights(self.data.target[self.split.train] > 0,
+                                           t.border_weight, t.border_sigma, mask)
+        return (weights * mask).astype(np.float32)
 
     # ------------------------------------------------------------------ state
     def _payload(self, with_training_state: bool) -> dict[str, Any]:
