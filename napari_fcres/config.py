@@ -37,6 +37,9 @@ FEW_LABELS_INTENSITY = 0.5
 #: warm-up steps when ``train.warmup_steps`` is None: with the Dice loss, with BCE + Dice
 DICE_WARMUP_STEPS = 100
 SHORT_WARMUP_STEPS = 20
+#: moving average of the weights when ``train.ema_decay`` is None and few slices are annotated
+FEW_LABELS_EMA_DECAY = 0.99
+
 #: fewer validation slices than this makes the scores "rough"
 MIN_VAL_SLICES = 2
 
@@ -218,8 +221,9 @@ class TrainConfig:
     border_weight: float = 0.0
     border_sigma: float = 5.0  # pixels
     # exponential moving average of the weights (0: off): validation scores the average and
-    # the best checkpoint keeps it (napari_fcres.weight_average)
-    ema_decay: float = 0.0
+    # the best checkpoint keeps it (napari_fcres.weight_average).  None = auto:
+    # FEW_LABELS_EMA_DECAY with fewer than FEW_SLICES annotated slices, else off
+    ema_decay: float | None = None
     # which validation score keeps the best checkpoint: "dice", "v_rand" (ISBI foreground-restricted
     # Rand score, for membrane EM) or "auto" (v_rand for stacks of many touching cells)
     select_by: str = "auto"
@@ -256,7 +260,7 @@ class TrainConfig:
         if self.border_weight < 0 or self.border_sigma <= 0:
             raise InputError(f"border_weight must be 0 or more and border_sigma above 0, got "
                              f"{self.border_weight} and {self.border_sigma}")
-        if not 0.0 <= self.ema_decay < 1.0:
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise InputError(f"ema_decay must be 0 (off) or below 1, got {self.ema_decay}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")

@@ -63,6 +63,7 @@ RESUME_CHANGEABLE: tuple[str, ...] = (
     "train.loss",
     "augment.intensity",
     "train.warmup_steps",
+    "train.ema_decay",
     "train.device",
     "train.num_workers",
     "train.inference_tile",

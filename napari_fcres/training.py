@@ -35,6 +35,7 @@ from .checkpoint import config_of, read_checkpoint, save_checkpoint
 from .config import (
     DEFAULT_EPOCHS,
     DICE_WARMUP_STEPS,
+    FEW_LABELS_EMA_DECAY,
     FEW_LABELS_INTENSITY,
     FEW_SLICES,
     SHORT_WARMUP_STEPS,
@@ -242,14 +243,15 @@ def choose_validation(
 
 
 def resolve_few_label_settings(cfg: Config, n_annotated: int) -> Config:
-    """``augment.intensity: None``, ``train.loss: auto`` and ``train.warmup_steps: None`` made
-    concrete for ``n_annotated``.
+    """``augment.intensity: None``, ``train.loss: auto``, ``train.warmup_steps: None`` and
+    ``train.ema_decay: None`` made concrete for ``n_annotated``.
 
     With fewer than :data:`~napari_fcres.config.FEW_SLICES` annotated slices the crops'
     brightness and contrast are jittered (a few slices span a narrow intensity range, and the
-    slices to segment may be brighter) and the loss is BCE + Dice; with more, the paper's
-    recipe (no jitter, Dice).  The warm-up follows the loss: 20 steps with BCE + Dice,
-    100 with Dice.  Measured on ISBI with 3 painted slices (BENCHMARKS.md 1c).
+    slices to segment may be brighter), the loss is BCE + Dice and validation and the best
+    checkpoint use a moving average of the weights; with more, the paper's recipe (no
+    jitter, Dice, the trained weights).  The warm-up follows the loss: 20 steps with
+    BCE + Dice, 100 with Dice.  Measured on ISBI with 3 painted slices (BENCHMARKS.md 1c).
     """
     few = n_annotated < FEW_SLICES
     aug, t = cfg.augment, cfg.train
@@ -264,6 +266,9 @@ def resolve_few_label_settings(cfg: Config, n_annotated: int) -> Config:
         t = dataclasses.replace(t, warmup_steps=(SHORT_WARMUP_STEPS if t.loss == "bce_dice"
                                                  else DICE_WARMUP_STEPS))
         changes["train.warmup_steps"] = t.warmup_steps
+    if t.ema_decay is None:
+        t = dataclasses.replace(t, ema_decay=FEW_LABELS_EMA_DECAY if few else 0.0)
+        changes["train.ema_decay"] = t.ema_decay
     if changes:
         log.info("%d annotated slice(s)%s: %s", n_annotated,
                  f" (fewer than {FEW_SLICES})" if few else "",
@@ -645,8 +650,12 @@ class _MemberRun:
                 "output folder"
             )
         self.model.load_state_dict(ck["model_state"])
-        if self.average is not None:
+        if self.average is not None and "weight_average" in ck:
             self.average.load_state(ck["weight_average"])
+        elif self.average is not None:  # the run trained without one: start it here
+            self.average = WeightAverage(self.model, self.cfg.train.ema_decay)
+            log.info("member %d: the moving average of the weights starts at step %s",
+                     self.member, ck["step"])
         self.opt.load_state_dict(ck["optimizer_state"])
         self.sched.load_state_dict(ck["scheduler_state"])
         _set_rng_state(self._own_rng_state(ck), self.gen)

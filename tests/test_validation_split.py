@@ -122,3 +122,7 @@ def test_few_label_settings_follow_the_number_of_annotated_slices():
     assert resolve_few_label_settings(bce, 30).train.warmup_steps == 20
     told = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, warmup_steps=7))
     assert resolve_few_label_settings(told, 3).train.warmup_steps == 7
+    # the moving average of the weights: on for few slices, off for many, as told otherwise
+    assert (few.train.ema_decay, many.train.ema_decay) == (0.99, 0.0)
+    off = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ema_decay=0.0))
+    assert resolve_few_label_settings(off, 3).train.ema_decay == 0.0
