@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
               "cpu_count": os.cpu_count(), "results": results,
               "total_seconds": time.perf_counter() - t_all}
     (args.out / "results.json").write_text(json.dumps(report, indent=1))
-    md = markdown(results)
+    md = markdown(results) + "\n\n" + summary(results)
     (args.out / "results.md").write_text(md + "\n")
     plot(results, args.out / "few_labels.png")
     print(md)
@@ -249,6 +249,20 @@ def markdown(results: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['budget']:g} | {r['painted']} | {r['choice']} | {r['method']} | "
                      f"{r['steps']} | {r['select']['v_rand']:.4f} | {r['test']['v_rand']:.4f} | "
                      f"{r['test']['v_info']:.4f} |")
+    return "\n".join(lines)
+
+
+def summary(results: list[dict[str, Any]]) -> str:
+    """Mean and spread (min-max) of test V_rand over the slice choices, per method, budget, k."""
+    ok = [r for r in results if "error" not in r]
+    lines = ["| budget (1-core min) | painted slices | method | choices | test V_rand mean "
+             "| min-max |", "|---|---|---|---|---|---|"]
+    for key in sorted({(r["budget"], r["k"], r["method"]) for r in ok}):
+        rows = [r for r in ok if (r["budget"], r["k"], r["method"]) == key]
+        vals = [r["test"]["v_rand"] for r in rows]
+        lines.append(f"| {key[0]:g} | {key[1]} | {key[2]} | "
+                     f"{', '.join(r['choice'] for r in rows)} | {np.mean(vals):.4f} | "
+                     f"{min(vals):.4f}-{max(vals):.4f} |")
     return "\n".join(lines)
 
 

@@ -38,3 +38,4 @@ def test_annotator_rounds_are_shared_by_every_k(tmp_path: Path) -> None:
     rounds = sorted(p.name for p in (out / "b0.02_suggested_rounds").iterdir())
     assert rounds == sorted(["slices_5", "slices_" + "-".join(map(str, second))])
     assert all("error" not in r and 0.0 <= r["test"]["v_rand"] <= 1.0 for r in rows)
+    assert "test V_rand mean" in (out / "results.md").read_text()  # mean and spread table
