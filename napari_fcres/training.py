@@ -652,8 +652,7 @@ class _MemberRun:
         self.model.load_state_dict(ck["model_state"])
         if self.average is not None and "weight_average" in ck:
             self.average.load_state(ck["weight_average"])
-        elif self.average is not None:  # the run trained without one: start it here
-            self.average = WeightAverage(self.model, self.cfg.train.ema_decay)
+        elif self.average is not None:  # trained without one: its first update copies
             log.info("member %d: the moving average of the weights starts at step %s",
                      self.member, ck["step"])
         self.opt.load_state_dict(ck["optimizer_state"])

@@ -15,14 +15,11 @@ any good weights, fade out quickly.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
-
-log = logging.getLogger(__name__)
 
 
 def warm_decay(decay: float, n_averaged: int) -> float:
@@ -37,14 +34,15 @@ class WeightAverage:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema_decay must lie between 0 and 1, got {decay}")
         self.decay = decay
+        self.updates = 0  # counted here too: reading AveragedModel's on a GPU would sync
 
         def ema(averaged: list[torch.Tensor], current: list[torch.Tensor],
-                n_averaged: torch.Tensor) -> None:
+                _n_averaged: torch.Tensor) -> None:
             # called once per (device, dtype) group of tensors
             if not averaged[0].is_floating_point():  # num_batches_tracked: follow the model
                 torch._foreach_copy_(averaged, current)
                 return
-            torch._foreach_lerp_(averaged, current, 1.0 - warm_decay(decay, int(n_averaged)))
+            torch._foreach_lerp_(averaged, current, 1.0 - warm_decay(decay, self.updates))
 
         self.averaged = AveragedModel(model, multi_avg_fn=ema, use_buffers=True)
         for p in self.averaged.parameters():
@@ -55,13 +53,11 @@ class WeightAverage:
         """The averaged network (the same class as the trained one)."""
         return self.averaged.module
 
-    @property
-    def updates(self) -> int:
-        return int(self.averaged.n_averaged)
-
     def update(self, model: nn.Module) -> None:
-        """Fold the model's current weights into the average (after each optimiser step)."""
+        """Fold the model's current weights into the average (after each optimiser step);
+        the first update copies them."""
         self.averaged.update_parameters(model)
+        self.updates += 1
 
     def state(self) -> dict[str, Any]:
         """The averaged weights and the update count, on the CPU (for the last checkpoint)."""
@@ -70,4 +66,5 @@ class WeightAverage:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model_state"])
-        self.averaged.n_averaged.fill_(int(state["updates"]))
+        self.updates = int(state["updates"])
+        self.averaged.n_averaged.fill_(self.updates)
