@@ -75,7 +75,7 @@ METHODS: tuple[str, ...] = (
 )
 #: napari_fcres methods and their architecture in the registry.
 FCRES_ARCH: dict[str, str] = {
-    "ours": "pipeline", "ours-ensemble": "pipeline", "ours-dice": "pipeline",
+    "ours": "auto", "ours-ensemble": "auto", "ours-dice": "auto",
     "fcresnet-standardize":
     "fcresnet-standardize", "fcresnet-rescale": "fcresnet-rescale", "unet": "unet",
 }
@@ -169,6 +169,7 @@ def _limit_threads(method: str, threads: int, device: str) -> None:
 def _worker_fcres(spec: dict[str, Any], data: dict[str, np.ndarray]) -> dict[str, Any]:
     """Train a napari_fcres architecture with the library's own loop; predict the test slices."""
     from napari_fcres.inference import load_models, predict
+    from napari_fcres.runs import stored_config
     from napari_fcres.training import TrainProgress, replace_train, run_training
 
     method, run_dir = spec["method"], Path(spec["run_dir"])
@@ -210,7 +211,7 @@ def _worker_fcres(spec: dict[str, Any], data: dict[str, np.ndarray]) -> dict[str
         "steps_per_member": [int(last[m].step) for m in sorted(last)],
         "epochs_per_member": [int(last[m].epoch) for m in sorted(last)],
         "best_val_dice": [float(v) for v in result.best_val_dice],
-        "architecture": arch,
+        "architecture": stored_config(run_dir).model.architecture,  # "auto" resolved
         "preset": cfg.model.preset,
         "batch_size": cfg.train.batch_size,
         "crop_size": cfg.train.crop_size,

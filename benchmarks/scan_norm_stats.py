@@ -13,6 +13,7 @@ With ``--isbi-models RUN`` it also predicts ISBI slices 20-29 with three blank s
 the foreground called in the blank slices.
 
     python benchmarks/scan_norm_stats.py --minutes 3 --out benchmarks/results/scan_norm
+    python benchmarks/scan_norm_stats.py --minutes 3 --painted 3   # few painted slices
     python benchmarks/scan_norm_stats.py --isbi-models runs/isbi30 --skip-scan
     python benchmarks/scan_norm_stats.py --quick        # seconds: smoke test
 """
@@ -53,6 +54,13 @@ def _predict_modes(models: list, image: np.ndarray, modes: tuple[str, ...]) -> d
     return out
 
 
+def _slices_text(slices: list[int]) -> str:
+    """``12-28`` for a run of slices, ``12, 20, 28`` otherwise."""
+    if slices == list(range(slices[0], slices[-1] + 1)):
+        return f"{slices[0]}-{slices[-1]}"
+    return ", ".join(str(z) for z in slices)
+
+
 def run_scan(args: argparse.Namespace, modality: str, out: Path) -> dict[str, Any]:
     """Train on the middle slices of a synthetic scan, predict it all with every mode."""
     from napari_fcres.inference import load_models
@@ -67,6 +75,8 @@ def run_scan(args: argparse.Namespace, modality: str, out: Path) -> dict[str, An
     mid = (z0 + z1) // 2
     half = max(2, (z1 - z0) // 3)
     train = list(range(mid - half, mid + half + 1))
+    if args.painted:  # a few painted slices, evenly spaced over the same range
+        train = sorted({int(round(z)) for z in np.linspace(train[0], train[-1], args.painted)})
     cfg = build_train_config(
         preset="tiny" if args.quick else args.preset, max_minutes=args.minutes, seed=args.seed,
         device="cpu", crop_size=shape[1],
@@ -75,7 +85,7 @@ def run_scan(args: argparse.Namespace, modality: str, out: Path) -> dict[str, An
     if not (run_dir / "member_00" / "best.pt").exists():
         t0 = time.perf_counter()
         run_training(cfg, scan.image[train], scan.labels[train], run_dir)
-        log.info("%s: trained on slices %d-%d in %.0f s", modality, train[0], train[-1],
+        log.info("%s: trained on slices %s in %.0f s", modality, _slices_text(train),
                  time.perf_counter() - t0)
     models = load_models(run_dir)
     probs = _predict_modes(models, scan.image, MODES)
@@ -127,7 +137,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = []
     for scan in report.get("scans", []):
         lines += [f"### Synthetic {scan['modality'].upper()} scan {scan['shape']}, trained on "
-                  f"slices {scan['train_slices'][0]}-{scan['train_slices'][-1]} for "
+                  f"slices {_slices_text(scan['train_slices'])} for "
                   f"{scan['minutes']:g} min; target in slices {scan['target_slices'][0]}-"
                   f"{scan['target_slices'][1]}", "",
                   "| statistics | Dice | ABD (mm) | HD95 (mm) | RVD | voxels in target-free "
@@ -155,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--isbi-models", type=Path, default=None,
                    help="a trained ISBI run: also predict ISBI 20-29 with blank slices around")
     p.add_argument("--skip-scan", action="store_true")
+    p.add_argument("--painted", type=int, default=0,
+                   help="train on this many evenly spaced slices of the middle range (0: all)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/scan_norm_stats"))

@@ -15,7 +15,9 @@ import numpy as np
 
 from . import __version__
 from .config import (
+    ARCHITECTURE_CHOICES,
     ARCHITECTURES,
+    KEEP_CHOICES,
     PRESET_HELP,
     PRESETS,
     SELECT_BY,
@@ -215,8 +217,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     dist.close()
     if not dist.is_main:
         return 0
+    which = "final" if result.kept == "final" else "best"
     for path, score in zip(result.best_checkpoints, result.best_val_dice, strict=True):
-        print(f"{path}\tbest validation {name} {score:.4f}")
+        print(f"{path}\t{which} validation {name} " + (f"{score:.4f}" if score >= 0 else "n/a"))
     return 0
 
 
@@ -641,8 +644,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("labels", help="label stack of the same shape")
     s.add_argument("--out", required=True, help=f"output folder ({LAYOUT})")
     s.add_argument("--preset", choices=sorted(PRESETS), help="model size (default cpu)")
-    s.add_argument("--architecture", choices=ARCHITECTURES,
-                   help="pipeline (default) or an ablation baseline")
+    s.add_argument("--architecture", choices=ARCHITECTURE_CHOICES,
+                   help="auto (default: the plain UNet when fewer than 8 slices are annotated, "
+                        "else the pipeline), pipeline, or an ablation baseline")
     s.add_argument("--config", help="YAML config (see training/*.yaml)")
     s.add_argument("--epochs", type=int)
     s.add_argument("--max-minutes", type=float, help="wall-clock budget for the whole run")
@@ -663,6 +667,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"validation score that keeps {BEST_NAME}: dice, v_rand (membrane EM), or "
                         "auto (default: v_rand when the labels are many cells separated by "
                         "boundaries, else dice)")
+    s.add_argument("--keep", choices=list(KEEP_CHOICES),
+                   help=f"the weights {BEST_NAME} holds: best (best validation score), final "
+                        "(the end of the run: the moving average of the weights when there is "
+                        "one), or auto (default: final when fewer than 8 slices are annotated, "
+                        "else best)")
     s.add_argument("--val-every", type=int, dest="val_every_steps",
                    help="validate every N optimisation steps (default 20)")
     s.add_argument("--val-fraction", type=float,

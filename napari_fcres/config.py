@@ -24,9 +24,13 @@ Architecture = Literal[
 ARCHITECTURES: tuple[str, ...] = (
     "pipeline", "fcresnet-standardize", "fcresnet-rescale", "fcresnet-raw", "unet"
 )
+#: what a training run may ask for: a network, or "auto" (resolved from the annotated
+#: slices when the run starts: FEW_LABELS_ARCHITECTURE below FEW_SLICES, else the pipeline)
+ARCHITECTURE_CHOICES: tuple[str, ...] = ("auto", *ARCHITECTURES)
 WEIGHT_DECAY_MODES: tuple[str, ...] = ("coupled", "decoupled")
 OPTIMIZERS: tuple[str, ...] = ("rmsprop", "adamw")
 SELECT_BY: tuple[str, ...] = ("auto", "dice", "v_rand")
+KEEP_CHOICES: tuple[str, ...] = ("auto", "best", "final")
 VAL_SPLITS: tuple[str, ...] = ("auto", "slices", "regions")
 LR_SCHEDULES: tuple[str, ...] = ("inverse_time", "budget_cosine")
 LOSS_CHOICES: tuple[str, ...] = ("auto", "dice", "bce_dice")
@@ -39,6 +43,8 @@ DICE_WARMUP_STEPS = 100
 SHORT_WARMUP_STEPS = 20
 #: moving average of the weights when ``train.ema_decay`` is None and few slices are annotated
 FEW_LABELS_EMA_DECAY = 0.99
+#: the network ``model.architecture: auto`` trains when few slices are annotated
+FEW_LABELS_ARCHITECTURE = "unet"
 
 #: fewer validation slices than this makes the scores "rough"
 MIN_VAL_SLICES = 2
@@ -136,6 +142,7 @@ class FCResNetConfig:
 class ModelConfig:
     """Which network to build and at what size."""
 
+    # a network of ARCHITECTURES, or "auto" (training.resolve_few_label_settings)
     architecture: str = "pipeline"
     preset: str = "cpu"
     init: str = "he"  # "he", "glorot" (Keras' default, as in the paper) or "torch"
@@ -227,6 +234,11 @@ class TrainConfig:
     # which validation score keeps the best checkpoint: "dice", "v_rand" (ISBI foreground-restricted
     # Rand score, for membrane EM) or "auto" (v_rand for stacks of many touching cells)
     select_by: str = "auto"
+    # which weights the run keeps for prediction (``best.pt``): "best" (the best validation
+    # score), "final" (the weights when training ends; the moving average when there is one)
+    # or "auto": final with fewer than FEW_SLICES annotated slices, else best
+    # (training.resolve_few_label_settings, BENCHMARKS.md 1c)
+    keep: str = "auto"
     val_fraction: float = 0.2  # 24/6 for 30 slices; the share of each slice with "regions"
     val_every_steps: int = 20  # validate every N optimisation steps (and at the end)
     # what is held out for validation: "slices" (whole annotated slices), "regions" (a band
@@ -245,7 +257,8 @@ class TrainConfig:
             raise InputError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSS_CHOICES)}")
         for name, allowed in (("weight_decay_mode", WEIGHT_DECAY_MODES),
                               ("optimizer", OPTIMIZERS), ("select_by", SELECT_BY),
-                              ("val_split", VAL_SPLITS), ("lr_schedule", LR_SCHEDULES)):
+                              ("keep", KEEP_CHOICES), ("val_split", VAL_SPLITS),
+                              ("lr_schedule", LR_SCHEDULES)):
             if getattr(self, name) not in allowed:
                 raise InputError(
                     f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}"
@@ -358,10 +371,14 @@ def _with_legacy_defaults(data: Any) -> Any:
 
 
 def config_from_mapping(raw: dict[str, Any]) -> Config:
-    """Build a config from a (possibly partial) mapping, starting from its preset."""
+    """Build a config from a (possibly partial) mapping, starting from its preset.
+
+    A mapping that names no architecture asks for ``auto`` (what ``fcres train`` and the
+    Train widget do by default).
+    """
     model_raw = dict(raw.get("model") or {})
     preset = model_raw.get("preset", "cpu")
-    base = preset_config(preset, architecture=model_raw.get("architecture", "pipeline"))
+    base = preset_config(preset, architecture=model_raw.get("architecture", "auto"))
     merged = merge_nested(base.to_dict(), raw)
     return Config.from_dict(merged)
 
@@ -460,10 +477,9 @@ def preset_config(preset: str, architecture: str = "pipeline") -> Config:
     """A full default config for a preset and architecture."""
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    if architecture not in ARCHITECTURES:
-        raise InputError(
-            f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}"
-        )
+    if architecture not in ARCHITECTURE_CHOICES:
+        raise InputError(f"unknown architecture {architecture!r}; choose one of "
+                         f"{', '.join(ARCHITECTURE_CHOICES)}")
     model = PRESETS[preset]()
     model.architecture = architecture
     cfg = Config(model=model)

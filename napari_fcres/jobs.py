@@ -289,7 +289,9 @@ def inspect_job(
         if out.normalized is None:
             raise InputError(
                 f"the {arch or 'chosen'} model of {checkpoint} has no pre-processor output to "
-                "inspect; choose a 'pipeline' (or FC-ResNet baseline) checkpoint"
+                "inspect; choose a 'pipeline' (or FC-ResNet baseline) checkpoint. With fewer "
+                "than 8 painted slices training picks the plain UNet ('auto'); set the Train "
+                "widget's Architecture to 'pipeline' to train one"
             )
         normalized[k] = out.normalized
         probs[k] = out.probabilities

@@ -64,6 +64,7 @@ RESUME_CHANGEABLE: tuple[str, ...] = (
     "augment.intensity",
     "train.warmup_steps",
     "train.ema_decay",
+    "train.keep",
     "train.device",
     "train.num_workers",
     "train.inference_tile",

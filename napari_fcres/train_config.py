@@ -20,7 +20,7 @@ from .errors import InputError
 TRAIN_KEYS: tuple[str, ...] = (
     "epochs", "max_minutes", "ensemble", "device", "seed", "batch_size", "crop_size", "lr",
     "loss", "steps_per_epoch", "patience_steps", "val_every_steps", "val_fraction",
-    "val_split", "select_by",
+    "val_split", "select_by", "keep",
     "freeze_fcresnet",
 )
 #: Overrides that go to ``Config.data``.

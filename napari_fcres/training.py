@@ -35,6 +35,7 @@ from .checkpoint import config_of, read_checkpoint, save_checkpoint
 from .config import (
     DEFAULT_EPOCHS,
     DICE_WARMUP_STEPS,
+    FEW_LABELS_ARCHITECTURE,
     FEW_LABELS_EMA_DECAY,
     FEW_LABELS_INTENSITY,
     FEW_SLICES,
@@ -115,7 +116,10 @@ class TrainResult:
 
     out_dir: Path
     best_checkpoints: list[Path] = field(default_factory=list)
-    best_val_dice: list[float] = field(default_factory=list)  # best score by ``metric``
+    # the validation score (by ``metric``) of each kept model: the best one, or with
+    # ``kept == "final"`` the last validation's (-1: none since the last step)
+    best_val_dice: list[float] = field(default_factory=list)
+    kept: str = "best"  # which weights ``best_checkpoints`` hold: "best" or "final"
     stopped: bool = False
     metric: str = "dice"
     warnings: list[str] = field(default_factory=list)  # e.g. a member that learned nothing
@@ -157,7 +161,7 @@ def prepare_data(image: np.ndarray, labels: np.ndarray, cfg: Config) -> Prepared
         raise InputError("the labels annotate no pixel at all; paint some labels first")
     crop = fit_crop_size(cfg.train.crop_size, *image.shape[1:], _size_divisor(cfg))
     metric, why = resolve_selection(cfg.train.select_by, target, mask, annotated)
-    log.info("keeping the checkpoint with the best validation %s: %s",
+    log.info("validation score (and with train.keep best, the checkpoint's choice) %s: %s",
              "V_rand" if metric == "v_rand" else "Dice", why)
     return PreparedData(
         np.ascontiguousarray(image, dtype=np.float32),
@@ -243,15 +247,20 @@ def choose_validation(
 
 
 def resolve_few_label_settings(cfg: Config, n_annotated: int) -> Config:
-    """``augment.intensity: None``, ``train.loss: auto``, ``train.warmup_steps: None`` and
-    ``train.ema_decay: None`` made concrete for ``n_annotated``.
+    """``augment.intensity: None``, ``train.loss: auto``, ``train.warmup_steps: None``,
+    ``train.ema_decay: None``, ``train.keep: auto`` and ``model.architecture: auto`` made
+    concrete for ``n_annotated``.
 
     With fewer than :data:`~napari_fcres.config.FEW_SLICES` annotated slices the crops'
     brightness and contrast are jittered (a few slices span a narrow intensity range, and the
-    slices to segment may be brighter), the loss is BCE + Dice and validation and the best
-    checkpoint use a moving average of the weights; with more, the paper's recipe (no
-    jitter, Dice, the trained weights).  The warm-up follows the loss: 20 steps with
-    BCE + Dice, 100 with Dice.  Measured on ISBI with 3 painted slices (BENCHMARKS.md 1c).
+    slices to segment may be brighter), the loss is BCE + Dice, validation scores a moving
+    average of the weights and the run keeps the final average (a validation band of a few
+    slices picks a worse checkpoint than the end of the run); with more, the paper's recipe
+    (no jitter, Dice, the trained weights, the best validation checkpoint).  The warm-up
+    follows the loss: 20 steps with BCE + Dice, 100 with Dice.  Measured on ISBI with 3
+    painted slices (BENCHMARKS.md 1c).  The network: the plain UNet with few slices (it
+    learned more than the pipeline from 3 painted slices in 10 CPU minutes), the paper's
+    pipeline with more.
     """
     few = n_annotated < FEW_SLICES
     aug, t = cfg.augment, cfg.train
@@ -269,11 +278,19 @@ def resolve_few_label_settings(cfg: Config, n_annotated: int) -> Config:
     if t.ema_decay is None:
         t = dataclasses.replace(t, ema_decay=FEW_LABELS_EMA_DECAY if few else 0.0)
         changes["train.ema_decay"] = t.ema_decay
+    if t.keep == "auto":
+        t = dataclasses.replace(t, keep="final" if few else "best")
+        changes["train.keep"] = t.keep
+    model = cfg.model
+    if model.architecture == "auto":
+        model = dataclasses.replace(
+            model, architecture=FEW_LABELS_ARCHITECTURE if few else "pipeline")
+        changes["model.architecture"] = model.architecture
     if changes:
         log.info("%d annotated slice(s)%s: %s", n_annotated,
                  f" (fewer than {FEW_SLICES})" if few else "",
                  ", ".join(f"{k} {v}" for k, v in changes.items()))
-    return dataclasses.replace(cfg, augment=aug, train=t)
+    return dataclasses.replace(cfg, model=model, augment=aug, train=t)
 
 
 def split_slices(annotated: Sequence[int], val_fraction: float, seed: int) -> tuple[list, list]:
@@ -425,13 +442,16 @@ def _train(
     data = prepare_data(image, labels, cfg)
     if data.crop_size != cfg.train.crop_size:
         cfg = replace_train(cfg, crop_size=data.crop_size)
+    init = read_checkpoint(checkpoint_file(init_checkpoint)) if init_checkpoint else None
+    if init is not None and cfg.model.architecture == "auto":  # fine-tune: the file's network
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, architecture=config_of(init).model.architecture))
     cfg = resolve_few_label_settings(cfg, len(data.annotated))
     if resume:  # the run's stored config; only harmless changes (napari_fcres.runs)
         cfg = resume_config(out_dir, cfg)
     device = dist.device if dist.enabled and dist.device else resolve_device(cfg.train.device)
     init_state = None
-    if init_checkpoint is not None:
-        init = read_checkpoint(checkpoint_file(init_checkpoint))
+    if init is not None:
         init_cfg = config_of(init)
         if not same_network(init_cfg.model, cfg.model):
             raise CheckpointError(
@@ -460,7 +480,7 @@ def _train(
         runner = _MemberRun(cfg, data, member_dir(out_dir, member), member, device,
                             resume, init_state, budget, member_dist)
         stopped = yield from runner.run(should_stop)
-        done.append((member, runner.best_path, runner.best_val))
+        done.append((member, runner.best_path, runner.kept_score()))
         warning = runner.learned_nothing()
         if warning:
             prefix = f"member {member + 1}: " if k_members > 1 else ""
@@ -477,6 +497,7 @@ def _train(
     dist.barrier()
     result.best_checkpoints = [p for _, p, _ in done]
     result.best_val_dice = [v for _, _, v in done]
+    result.kept = cfg.train.keep
     log.info("training finished: %s", result)
     yield TrainProgress("done", k_members - 1, k_members, 0, cfg.train.epochs or 0, 0, 0,
                         fraction=1.0, metric=data.metric,
@@ -623,6 +644,7 @@ class _MemberRun:
             "last_val_step": self.last_val_step,
             "elapsed_s": self.elapsed,
             "finished": self.finished,
+            "kept": self.cfg.train.keep,
         }
         if with_training_state:
             if self.average is not None:
@@ -816,9 +838,23 @@ class _MemberRun:
                 self.rank_rng_states = self.dist.gather_objects(_rng_state(self.gen))
             if self.dist.is_main:
                 save_checkpoint(self.last_path, self._payload(with_training_state=True))
-        if self.dist.is_main and not self.best_path.exists():
+        if self.dist.is_main and (self.keeps_final or not self.best_path.exists()):
+            # "final": the prediction model is the end of the run (stopped or not)
             save_checkpoint(self.best_path, self._payload(with_training_state=False))
         return stopped
+
+    @property
+    def keeps_final(self) -> bool:
+        return self.cfg.train.keep == "final"
+
+    def kept_score(self) -> float:
+        """Validation score of the weights :data:`BEST_NAME` holds (-1: not validated)."""
+        if not self.keeps_final:
+            return self.best_val
+        if self.history and self.last_val_step == self.step:
+            return float(self.history[-1].get(f"val_{self.metric}",
+                                              self.history[-1]["val_dice"]))
+        return -1.0
 
     def _save_last(self) -> None:
         """Write the resumable state to the last checkpoint (a collective: every rank calls it)."""

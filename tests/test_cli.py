@@ -82,8 +82,9 @@ def test_resume_and_init(stack_files, tmp_path):
     common = ["--preset", "tiny", "--steps-per-epoch", "2", "--crop-size", "32",
               "--batch-size", "2", "--device", "cpu"]
     out = tmp_path / "run"
+    # the pipeline (4 slices would train the plain UNet): --freeze-fcresnet fine-tunes it below
     assert main(["-q", "train", str(d / "image.tif"), str(d / "labels.tif"), "--out", str(out),
-                 "--epochs", "1", *common]) == 0
+                 "--epochs", "1", "--architecture", "pipeline", *common]) == 0
     assert main(["-q", "train", str(d / "image.tif"), str(d / "labels.tif"), "--out", str(out),
                  "--epochs", "2", "--resume", *common]) == 0
     tuned = tmp_path / "tuned"

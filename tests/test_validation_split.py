@@ -126,3 +126,54 @@ def test_few_label_settings_follow_the_number_of_annotated_slices():
     assert (few.train.ema_decay, many.train.ema_decay) == (0.99, 0.0)
     off = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ema_decay=0.0))
     assert resolve_few_label_settings(off, 3).train.ema_decay == 0.0
+
+
+def test_few_slices_keep_the_final_average_and_train_the_plain_unet():
+    from napari_fcres.config import preset_config
+    from napari_fcres.training import resolve_few_label_settings
+
+    auto = preset_config("cpu", "auto")
+    few, many = resolve_few_label_settings(auto, 3), resolve_few_label_settings(auto, 8)
+    assert (few.train.keep, many.train.keep) == ("final", "best")
+    assert (few.model.architecture, many.model.architecture) == ("unet", "pipeline")
+    told = dataclasses.replace(auto, train=dataclasses.replace(auto.train, keep="best"),
+                               model=dataclasses.replace(auto.model, architecture="pipeline"))
+    kept = resolve_few_label_settings(told, 3)
+    assert (kept.train.keep, kept.model.architecture) == ("best", "pipeline")
+
+
+def test_a_final_run_keeps_its_last_weights_average_included(tmp_path, three_slices,
+                                                             tiny_config):
+    import torch
+
+    image, labels = three_slices
+    cfg = tiny_config(arch="auto", epochs=4, steps_per_epoch=4, crop_size=32, batch_size=2,
+                      val_every_steps=3)
+    gen = train(cfg, image, labels, tmp_path)
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        result = stop.value
+    best = read_checkpoint(tmp_path / "member_00" / "best.pt")
+    last = read_checkpoint(tmp_path / "member_00" / "last.pt")
+    assert best["kept"] == "final" and best["architecture"] == "unet"
+    assert best["step"] == last["step"] == 16
+    average = last["weight_average"]["model_state"]
+    assert all(torch.equal(best["model_state"][k], average[k]) for k in average)
+    final = last["history"][-1]
+    assert final["step"] == 16  # validated at the end: the kept model's score is reported
+    assert result.kept == "final"
+    assert result.best_val_dice == [final.get("val_v_rand", final["val_dice"])]
+
+
+def test_fine_tuning_with_auto_takes_the_checkpoints_network(tmp_path, three_slices,
+                                                             tiny_config):
+    image, labels = three_slices
+    first = tiny_config(arch="pipeline", epochs=1, steps_per_epoch=2, crop_size=32,
+                        batch_size=2)
+    list(train(first, image, labels, tmp_path / "a"))
+    again = tiny_config(arch="auto", epochs=1, steps_per_epoch=2, crop_size=32, batch_size=2)
+    list(train(again, image[:2], labels[:2], tmp_path / "b",
+               init_checkpoint=tmp_path / "a" / "member_00" / "best.pt"))
+    assert read_checkpoint(tmp_path / "b" / "member_00" / "best.pt")["architecture"] == "pipeline"

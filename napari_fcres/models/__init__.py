@@ -162,6 +162,10 @@ def build_model(cfg: ModelConfig) -> SegmentationModel:
         )
     arch = cfg.architecture
     model: SegmentationModel
+    if arch == "auto":
+        raise InputError("architecture 'auto' is chosen from the annotated slices when a "
+                         "training run starts; name a network to build one: "
+                         + ", ".join(ARCHITECTURES))
     if arch == "pipeline":
         model = Pipeline(cfg)
     elif arch == "fcresnet-standardize":

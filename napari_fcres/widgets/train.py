@@ -32,7 +32,8 @@ from qtpy.QtWidgets import (
 )
 
 from ..config import (
-    ARCHITECTURES,
+    ARCHITECTURE_CHOICES,
+    KEEP_CHOICES,
     PRESET_HELP,
     PRESETS,
     SELECT_BY,
@@ -79,6 +80,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ARCHITECTURE_HELP = {
+    "auto": "the plain UNet when fewer than 8 slices are painted (it learns more from a few "
+            "slices in minutes of CPU), else the pipeline",
     "pipeline": "learned UNet pre-processor followed by the FC-ResNet (the paper's pipeline)",
     "fcresnet-standardize": "FC-ResNet on standardized input (baseline without pre-processor)",
     "fcresnet-rescale": "FC-ResNet on input rescaled to [0, 1] (baseline)",
@@ -251,10 +254,10 @@ class TrainWidget(QWidget):
         self.device_combo.devices_changed.connect(self._on_devices_listed)
         form.addRow("Preset", self.preset_combo)
         self.arch_combo = QComboBox()
-        for i, name in enumerate(ARCHITECTURES):
+        for i, name in enumerate(ARCHITECTURE_CHOICES):
             self.arch_combo.addItem(name)
             self.arch_combo.setItemData(i, ARCHITECTURE_HELP.get(name, ""), Qt.ToolTipRole)
-        self.arch_combo.setCurrentText("pipeline")
+        self.arch_combo.setCurrentText("auto")
         self.arch_combo.currentTextChanged.connect(self._on_arch_changed)
         form.addRow("Architecture", self.arch_combo)
 
@@ -386,6 +389,15 @@ class TrainWidget(QWidget):
             "many touching cells, else dice)"
         )
         form.addRow("Keep best by", self.select_combo)
+        self.keep_combo = QComboBox()
+        self.keep_combo.addItems(list(KEEP_CHOICES))
+        self.keep_combo.setToolTip(
+            "The model the run keeps for prediction: 'best' (best validation score), 'final' "
+            "(the end of the run, the moving average of the weights when there is one) or "
+            "'auto' (final with fewer than 8 painted slices, where a validation band is too "
+            "small to pick a checkpoint, else best)"
+        )
+        form.addRow("Keep model", self.keep_combo)
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
         self.seed_spin.setToolTip("Random seed (splits, crops, initial weights)")
@@ -622,6 +634,7 @@ class TrainWidget(QWidget):
             val_fraction=self.val_spin.value(),
             patience_steps=self.patience_spin.value(),
             select_by=self.select_combo.currentText(),
+            keep=self.keep_combo.currentText(),
             seed=self.seed_spin.value(),
             freeze_fcresnet=bool(freeze),
             partial=partial,
@@ -631,7 +644,8 @@ class TrainWidget(QWidget):
         """The settings this widget shows, as a partial config to lay over a stored run."""
         t = cfg.train
         keys = ("epochs", "max_minutes", "ensemble", "device", "batch_size", "lr",
-                "val_fraction", "patience_steps", "select_by", "seed", "freeze_fcresnet")
+                "val_fraction", "patience_steps", "select_by", "keep", "seed",
+                "freeze_fcresnet")
         train = {k: getattr(t, k) for k in keys}
         if self.crop_spin.value() <= min(slice_shape):  # else "as large as fits", as stored
             train["crop_size"] = t.crop_size
@@ -655,6 +669,7 @@ class TrainWidget(QWidget):
         self.val_spin.setValue(t.val_fraction)
         self.patience_spin.setValue(t.patience_steps)
         self.select_combo.setCurrentText(t.select_by)
+        self.keep_combo.setCurrentText(t.keep)
         self.seed_spin.setValue(t.seed)
         self.freeze_check.setChecked(t.freeze_fcresnet)
 
@@ -970,7 +985,8 @@ class TrainWidget(QWidget):
         state = "stopped" if result.stopped else "finished"
         where = self.best_checkpoints[0] if len(self.best_checkpoints) == 1 else result.out_dir
         name = metric_name(result.metric)
-        best = f"best validation {name} {dice or 'n/a'}"
+        final = result.kept == "final"
+        best = f"{'final' if final else 'best'} validation {name} {dice or 'n/a'}"
         if result.moved_aside is not None:
             where = f"{where}; the previous run is in {result.moved_aside}"
         basis = f" ({self._basis})" if self._basis else ""
@@ -982,8 +998,10 @@ class TrainWidget(QWidget):
             report(self.status_label, msg, toast=f"Training {state}, but {first}",
                    level="warning")
         else:
-            msg = f"Training {state}: {best}{basis}; best model: {where}"
-            report(self.status_label, msg, toast=f"Training {state}: best {name} {dice or 'n/a'}")
+            model = "final model" if final else "best model"
+            msg = f"Training {state}: {best}{basis}; {model}: {where}"
+            report(self.status_label, msg,
+                   toast=f"Training {state}: {'final' if final else 'best'} {name} {dice or 'n/a'}")
         self.finished.emit(result)
 
     def _on_error(self, exc: WorkerFailed) -> None:

@@ -49,7 +49,7 @@ def test_layers_preset_and_tooltips(viewer, qtbot, em_layers, tmp_path, make_tra
     assert widget.labels_combo.layer().name == lab.name
     assert widget.label_mode() == "full"  # full labels: every slice labelled
     assert widget.preset_combo.currentText() == "tiny"
-    assert widget.arch_combo.currentText() == "pipeline"
+    assert widget.arch_combo.currentText() == "auto"
     assert widget.device_combo.findData("cpu") >= 0
     # a new labels layer painted with 1 (background) and 2 (foreground) is a partial annotation
     partial = np.zeros(img.data.shape, np.uint8)
@@ -107,7 +107,9 @@ def test_full_training_run(viewer, qtbot, em_layers, tmp_path, make_train_widget
     assert widget.best_checkpoints == [best]
     assert recent_checkpoints() == [best]
     ck = read_checkpoint(best)
-    assert ck["preset"] == "tiny" and ck["architecture"] == "pipeline"
+    # 4 painted slices: "auto" trains the plain UNet and keeps the final moving average
+    assert ck["preset"] == "tiny" and ck["architecture"] == "unet" and ck["kept"] == "final"
+    assert result.kept == "final" and "final validation" in widget.status_label.text()
     # live plot: a loss per step, the validation score that keeps the checkpoint per
     # validation (a short run: at its end only)
     data = widget.plot_data()

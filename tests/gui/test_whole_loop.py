@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
+from napari_fcres.checkpoint import read_checkpoint
 from napari_fcres.io import read_image
 from napari_fcres.widgets.correct import SPLIT_LAYER_NAME, CorrectWidget
 from napari_fcres.widgets.export import ExportWidget
@@ -74,12 +75,21 @@ def test_annotate_train_inspect_predict_correct_export_fine_tune(
     trained = result.best_checkpoints[0]
     assert max(steps) > at_stop  # resumed where it stopped, not from step 0
 
-    # --- inspect --------------------------------------------------------------------------
+    # 3 painted slices: "auto" trained the plain UNet and kept its final weights
+    assert read_checkpoint(trained)["architecture"] == "unet" and result.kept == "final"
+
+    # --- inspect: the UNet has no pre-processor, and the widget says so; a pipeline's -------
     inspect = InspectWidget(viewer)
     viewer.window.add_dock_widget(inspect, name="Inspect")
     inspect.image_combo.set_layer(img)
     inspect.checkpoint_combo.set_path(trained)
     inspect.device_combo.setCurrentIndex(inspect.device_combo.findData("cpu"))
+    press(qtbot, inspect.show_button)
+    idle(qtbot, inspect)
+    assert inspect.last_result is None
+    assert "no pre-processor output" in inspect.status_label.text()
+    assert "'pipeline'" in inspect.status_label.text()
+    inspect.checkpoint_combo.set_path(tiny_checkpoint)
     press(qtbot, inspect.show_button)
     idle(qtbot, inspect)
     assert inspect.last_result is not None
