@@ -79,7 +79,7 @@ def run_scan(args: argparse.Namespace, modality: str, out: Path) -> dict[str, An
         train = sorted({int(round(z)) for z in np.linspace(train[0], train[-1], args.painted)})
     cfg = build_train_config(
         preset="tiny" if args.quick else args.preset, max_minutes=args.minutes, seed=args.seed,
-        device="cpu", crop_size=shape[1],
+        device="cpu", crop_size=shape[1], architecture=args.architecture, keep=args.keep,
     )
     run_dir = out / f"{modality}_run"
     if not (run_dir / "member_00" / "best.pt").exists():
@@ -167,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-scan", action="store_true")
     p.add_argument("--painted", type=int, default=0,
                    help="train on this many evenly spaced slices of the middle range (0: all)")
+    p.add_argument("--architecture", default=None,
+                   help="network (default: the CLI's, auto); e.g. pipeline")
+    p.add_argument("--keep", default=None, choices=["auto", "best", "final"],
+                   help="checkpoint kept (default: the CLI's, auto)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/scan_norm_stats"))

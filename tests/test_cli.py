@@ -54,9 +54,11 @@ def test_parse_slices():
 def test_train_predict_evaluate(stack_files, tmp_path, capsys):
     d = stack_files
     out = tmp_path / "run"
+    # the pipeline (4 slices would train the plain UNet, which has no --normalized output)
     rc = main(["-q", "train", str(d / "image.tif"), str(d / "labels.tif"), "--out", str(out),
-               "--preset", "tiny", "--epochs", "2", "--steps-per-epoch", "2",
-               "--crop-size", "32", "--batch-size", "2", "--ensemble", "2", "--device", "cpu"])
+               "--preset", "tiny", "--architecture", "pipeline", "--epochs", "2",
+               "--steps-per-epoch", "2", "--crop-size", "32", "--batch-size", "2",
+               "--ensemble", "2", "--device", "cpu"])
     assert rc == 0
     assert (out / "member_00" / "best.pt").exists() and (out / "member_01" / "best.pt").exists()
     labels_out = tmp_path / "pred.tif"

@@ -184,7 +184,8 @@ def test_torchrun_cli_ensemble_parallel(tmp_path, stack):
     proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8",
                           errors="replace", env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [ln for ln in proc.stdout.splitlines() if "best validation " in ln]
+    # "final validation" (4 slices: the run keeps its final weights), else "best validation"
+    lines = [ln for ln in proc.stdout.splitlines() if "best.pt\t" in ln and " validation " in ln]
     assert len(lines) == 2, proc.stdout  # printed once, by rank 0, for both members
     for member in range(2):
         ck = read_checkpoint(tmp_path / "run" / f"member_{member:02d}" / "last.pt")

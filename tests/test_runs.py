@@ -164,7 +164,7 @@ def test_the_request_holds_only_what_was_given():
     request = cli_train_request(_cli_args("--epochs", "3"))
     assert request == {"model": {}, "train": {"epochs": 3}, "data": {}}
     assert train_request(epochs=3) == request
-    assert build_train_config() == preset_config("cpu")
+    assert build_train_config() == preset_config("cpu", "auto")  # the network: at the start
     with pytest.raises(InputError, match="unknown training setting"):
         build_train_config(epochz=3)
 
