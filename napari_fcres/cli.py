@@ -670,8 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", choices=list(KEEP_CHOICES),
                    help=f"the weights {BEST_NAME} holds: best (best validation score), final "
                         "(the end of the run: the moving average of the weights when there is "
-                        "one), or auto (default: final when fewer than 8 slices are annotated, "
-                        "else best)")
+                        "one), or auto (default: final when fewer than 8 slices of cells "
+                        "separated by membranes are annotated, validated by V_rand; else best)")
     s.add_argument("--val-every", type=int, dest="val_every_steps",
                    help="validate every N optimisation steps (default 20)")
     s.add_argument("--val-fraction", type=float,

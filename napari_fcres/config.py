@@ -236,7 +236,8 @@ class TrainConfig:
     select_by: str = "auto"
     # which weights the run keeps for prediction (``best.pt``): "best" (the best validation
     # score), "final" (the weights when training ends; the moving average when there is one)
-    # or "auto": final with fewer than FEW_SLICES annotated slices, else best
+    # or "auto": final with fewer than FEW_SLICES annotated slices validated by V_rand
+    # (membrane EM), else best
     # (training.resolve_few_label_settings, BENCHMARKS.md 1c)
     keep: str = "auto"
     val_fraction: float = 0.2  # 24/6 for 30 slices; the share of each slice with "regions"

@@ -246,17 +246,19 @@ def choose_validation(
     return ValidationSplit(list(annotated), list(annotated), regions)
 
 
-def resolve_few_label_settings(cfg: Config, n_annotated: int) -> Config:
+def resolve_few_label_settings(cfg: Config, n_annotated: int, metric: str = "dice") -> Config:
     """``augment.intensity: None``, ``train.loss: auto``, ``train.warmup_steps: None``,
     ``train.ema_decay: None``, ``train.keep: auto`` and ``model.architecture: auto`` made
     concrete for ``n_annotated``.
 
     With fewer than :data:`~napari_fcres.config.FEW_SLICES` annotated slices the crops'
     brightness and contrast are jittered (a few slices span a narrow intensity range, and the
-    slices to segment may be brighter), the loss is BCE + Dice, validation scores a moving
-    average of the weights and the run keeps the final average (a validation band of a few
-    slices picks a worse checkpoint than the end of the run); with more, the paper's recipe
-    (no jitter, Dice, the trained weights, the best validation checkpoint).  The warm-up
+    slices to segment may be brighter), the loss is BCE + Dice and validation scores a moving
+    average of the weights; with more, the paper's recipe (no jitter, Dice, the trained
+    weights).  ``train.keep: auto`` keeps the final weights when few slices are validated by
+    V_rand (``metric``: cells separated by membranes, where V_rand on a band of a few slices
+    wobbles and picked worse checkpoints than the end of the run on ISBI), else the best
+    validation checkpoint (on a scan's blob-like target the band's Dice chose better).  The warm-up
     follows the loss: 20 steps with BCE + Dice, 100 with Dice.  Measured on ISBI with 3
     painted slices (BENCHMARKS.md 1c).  The network: the plain UNet with few slices (it
     learned more than the pipeline from 3 painted slices in 10 CPU minutes), the paper's
@@ -279,7 +281,7 @@ def resolve_few_label_settings(cfg: Config, n_annotated: int) -> Config:
         t = dataclasses.replace(t, ema_decay=FEW_LABELS_EMA_DECAY if few else 0.0)
         changes["train.ema_decay"] = t.ema_decay
     if t.keep == "auto":
-        t = dataclasses.replace(t, keep="final" if few else "best")
+        t = dataclasses.replace(t, keep="final" if few and metric == "v_rand" else "best")
         changes["train.keep"] = t.keep
     model = cfg.model
     if model.architecture == "auto":
@@ -446,7 +448,7 @@ def _train(
     if init is not None and cfg.model.architecture == "auto":  # fine-tune: the file's network
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(
             cfg.model, architecture=config_of(init).model.architecture))
-    cfg = resolve_few_label_settings(cfg, len(data.annotated))
+    cfg = resolve_few_label_settings(cfg, len(data.annotated), data.metric)
     if resume:  # the run's stored config; only harmless changes (napari_fcres.runs)
         cfg = resume_config(out_dir, cfg)
     device = dist.device if dist.enabled and dist.device else resolve_device(cfg.train.device)
@@ -514,7 +516,7 @@ class _MemberRun:
         device: torch.device, resume: bool, init_state: dict | None, budget_s: float | None,
         dist: DistContext | None = None,
     ) -> None:
-        cfg = resolve_few_label_settings(cfg, len(data.annotated))  # no-op after train()
+        cfg = resolve_few_label_settings(cfg, len(data.annotated), data.metric)  # no-op
         self.cfg, self.data, self.folder, self.member = cfg, data, folder, member
         self.device = device
         self.dist = dist or DistContext()

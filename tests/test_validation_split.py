@@ -133,12 +133,14 @@ def test_few_slices_keep_the_final_average_and_train_the_plain_unet():
     from napari_fcres.training import resolve_few_label_settings
 
     auto = preset_config("cpu", "auto")
-    few, many = resolve_few_label_settings(auto, 3), resolve_few_label_settings(auto, 8)
+    few, many = (resolve_few_label_settings(auto, n, "v_rand") for n in (3, 8))
     assert (few.train.keep, many.train.keep) == ("final", "best")
+    # a blob-like target (validated by Dice) keeps the best validation checkpoint
+    assert resolve_few_label_settings(auto, 3, "dice").train.keep == "best"
     assert (few.model.architecture, many.model.architecture) == ("unet", "pipeline")
     told = dataclasses.replace(auto, train=dataclasses.replace(auto.train, keep="best"),
                                model=dataclasses.replace(auto.model, architecture="pipeline"))
-    kept = resolve_few_label_settings(told, 3)
+    kept = resolve_few_label_settings(told, 3, "v_rand")
     assert (kept.train.keep, kept.model.architecture) == ("best", "pipeline")
 
 
@@ -148,7 +150,7 @@ def test_a_final_run_keeps_its_last_weights_average_included(tmp_path, three_sli
 
     image, labels = three_slices
     cfg = tiny_config(arch="auto", epochs=4, steps_per_epoch=4, crop_size=32, batch_size=2,
-                      val_every_steps=3)
+                      val_every_steps=3, select_by="v_rand")  # membranes: keep "final"
     gen = train(cfg, image, labels, tmp_path)
     try:
         while True:

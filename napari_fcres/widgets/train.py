@@ -394,8 +394,8 @@ class TrainWidget(QWidget):
         self.keep_combo.setToolTip(
             "The model the run keeps for prediction: 'best' (best validation score), 'final' "
             "(the end of the run, the moving average of the weights when there is one) or "
-            "'auto' (final with fewer than 8 painted slices, where a validation band is too "
-            "small to pick a checkpoint, else best)"
+            "'auto' (final with fewer than 8 painted slices of membrane EM, whose V_rand on a "
+            "validation band is too rough to pick a checkpoint by; else best)"
         )
         form.addRow("Keep model", self.keep_combo)
         self.seed_spin = QSpinBox()
