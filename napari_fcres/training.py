@@ -161,7 +161,7 @@ def prepare_data(image: np.ndarray, labels: np.ndarray, cfg: Config) -> Prepared
         raise InputError("the labels annotate no pixel at all; paint some labels first")
     crop = fit_crop_size(cfg.train.crop_size, *image.shape[1:], _size_divisor(cfg))
     metric, why = resolve_selection(cfg.train.select_by, target, mask, annotated)
-    log.info("validation score (and with train.keep best, the checkpoint's choice) %s: %s",
+    log.info("validation scores by %s: %s",
              "V_rand" if metric == "v_rand" else "Dice", why)
     return PreparedData(
         np.ascontiguousarray(image, dtype=np.float32),
