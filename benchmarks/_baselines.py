@@ -223,6 +223,24 @@ def _budget_trainer_class(base: type) -> type:
     return BudgetTrainer
 
 
+def _dihedral_mean(model: Any, x: Any, tta: bool) -> Any:
+    """``model(x)``, or with ``tta`` the mean over the 8 flips/rotations of ``x`` (N, C, H, W)
+    mapped back (H, W multiples of 16 and square or not: rot90 swaps them, the UNet takes
+    either)."""
+    import torch
+
+    if not tta:
+        return model(x)
+    total = None
+    for k in range(8):
+        xt = torch.flip(x, dims=(-1,)) if k >= 4 else x
+        yt = model(torch.rot90(xt, k % 4, dims=(-2, -1)))
+        yt = torch.rot90(yt, -(k % 4), dims=(-2, -1))
+        yt = torch.flip(yt, dims=(-1,)) if k >= 4 else yt
+        total = yt if total is None else total + yt
+    return total / 8
+
+
 def run_torch_em(
     train_image: np.ndarray,
     train_labels: np.ndarray,
@@ -235,6 +253,7 @@ def run_torch_em(
     batch_size: int = 4,
     val_fraction: float = 0.2,
     foreground_value: int = 255,
+    tta: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Train torch-em's UNet2d with torch-em's trainer for ``budget_s``; predict the test stack.
 
@@ -244,7 +263,8 @@ def run_torch_em(
     ReduceLROnPlateau, DiceLoss as loss and metric), stopped at the budget.  torch-em
     would ``torch.compile`` the model by default; that is switched off here, as for
     every other method (on a CPU, compiling eats minutes of the budget).  The best
-    checkpoint by validation metric predicts whole standardized test slices.
+    checkpoint by validation metric predicts whole standardized test slices; with ``tta``
+    it averages the 8 flips and rotations of each slice, as ``napari_fcres`` does.
     """
     import h5py
     import torch
@@ -311,7 +331,7 @@ def run_torch_em(
         for z in range(test_image.shape[0]):
             x = standardize(np.asarray(test_image[z], dtype=np.float32))
             x = np.pad(x, ((0, ph), (0, pw)), mode="reflect")
-            y = model(torch.from_numpy(x)[None, None].to(device))
+            y = _dihedral_mean(model, torch.from_numpy(x)[None, None].to(device), tta)
             probs[z] = y[0, 0, :h, :w].float().cpu().numpy()
     info = {
         "train_seconds": train_s,
@@ -323,6 +343,7 @@ def run_torch_em(
         "train_slices": [int(i) for i in train_idx],
         "val_slices": [int(i) for i in val_idx],
         "checkpoint": str(best),
+        "tta": tta,
         "recipe": "torch_em.default_segmentation_trainer: AdamW lr 1e-3, ReduceLROnPlateau, "
                   "DiceLoss; UNet2d(1, 1, depth=4, initial_features=16, Sigmoid); "
                   f"batch {batch_size} of {patch}x{patch} patches, default augmentations",

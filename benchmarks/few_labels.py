@@ -16,7 +16,9 @@ Slice choices:
 
 Methods: ``ours`` (the library defaults: ``fcres train`` with no flags), ``unet`` (our
 plain UNet), ``torch-em-unet`` (torch-em's UNet2d and trainer), as in
-``isbi_accuracy.py``, whose one-core worker processes run them.
+``isbi_accuracy.py``, whose one-core worker processes run them.  Every method predicts as
+``fcres predict`` does by default, with test-time augmentation (the 8 flips and rotations;
+torch-em's model gets the same); ``--no-tta`` predicts plainly.
 
     python benchmarks/few_labels.py --k 3 --choices even --budgets 10 \\
         --methods ours torch-em-unet                     # the goal
@@ -43,6 +45,8 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 import isbi_accuracy as ia  # noqa: E402
+
+from napari_fcres.config import DEFAULT_TTA  # noqa: E402
 
 log = logging.getLogger("few_labels")
 
@@ -73,7 +77,7 @@ def _spec(method: str, run_dir: Path, npz: Path, args: argparse.Namespace,
         "method": method, "fold": run_dir.name, "data": str(npz), "run_dir": str(run_dir),
         "budget_minutes": budget, "preset": "tiny" if args.quick else "cpu",
         "config_yaml": args.config, "ensemble": 1, "seed": args.seed, "device": "cpu",
-        "tta": False, "quick": args.quick, "threads": 1,
+        "tta": args.tta, "quick": args.quick, "threads": 1,
         "loss": preset_config("cpu").train.loss,
         "rf_samples": 0, "rf_trees": 0, "raw_sigma": 2.0,
     }
@@ -138,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None, help="YAML for ours/unet instead of defaults")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=DEFAULT_TTA,
+                   help="test-time augmentation at prediction, for ours and torch-em alike "
+                        "(default: as `fcres predict`)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "few_labels")
     p.add_argument("--quick", action="store_true", help="tiny preset, 64x64 crops, seconds")
     args = p.parse_args(argv)

@@ -245,7 +245,7 @@ def _worker_other(spec: dict[str, Any], data: dict[str, np.ndarray]) -> dict[str
         probs, info = bl.run_torch_em(
             data["train_image"], data["train_labels"], data["test_image"],
             Path(spec["run_dir"]), budget_s, seed=spec["seed"], device=spec["device"],
-            patch=64 if quick else 256, batch_size=2 if quick else 4,
+            patch=64 if quick else 256, batch_size=2 if quick else 4, tta=spec["tta"],
         )
         info["probabilities"] = probs
         return info
@@ -509,7 +509,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loss", choices=["dice", "bce_dice"], default="dice",
                    help="training loss of our models; 'ours-dice' always uses the paper's "
                         "Dice loss (eq. 2)")
-    p.add_argument("--tta", action="store_true", help="8-fold test-time augmentation (ours)")
+    p.add_argument("--tta", action="store_true",
+                   help="8-fold test-time augmentation (ours and torch-em)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch-em-python", default=None,
                    help="interpreter with torch_em (default: this one if it has torch_em, "

@@ -34,12 +34,15 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by file path 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ISBI_FOREGROUND, load_isbi, set_torch_threads  # noqa: E402
 
+from napari_fcres.config import DEFAULT_TTA  # noqa: E402
+
 log = logging.getLogger("scan_norm_stats")
 
 MODES = ("auto", "image", "volume", "running")
 
 
-def _predict_modes(models: list, image: np.ndarray, modes: tuple[str, ...]) -> dict[str, Any]:
+def _predict_modes(models: list, image: np.ndarray, modes: tuple[str, ...],
+                   tta: bool) -> dict[str, Any]:
     from napari_fcres.inference import predict
     from napari_fcres.models.norm import set_norm_stats
 
@@ -48,7 +51,7 @@ def _predict_modes(models: list, image: np.ndarray, modes: tuple[str, ...]) -> d
         for m in models:
             set_norm_stats(m, mode)
         t0 = time.perf_counter()
-        out[mode] = predict(models, image).probabilities
+        out[mode] = predict(models, image, tta=tta).probabilities
         log.info("predicted %s with %s statistics in %.1f s", image.shape, mode,
                  time.perf_counter() - t0)
     return out
@@ -88,7 +91,7 @@ def run_scan(args: argparse.Namespace, modality: str, out: Path) -> dict[str, An
         log.info("%s: trained on slices %s in %.0f s", modality, _slices_text(train),
                  time.perf_counter() - t0)
     models = load_models(run_dir)
-    probs = _predict_modes(models, scan.image, MODES)
+    probs = _predict_modes(models, scan.image, MODES, args.tta)
     empty = [z for z in range(shape[0]) if not scan.labels[z].any()]
     rows: dict[str, Any] = {}
     for mode, p in probs.items():
@@ -123,7 +126,7 @@ def run_isbi_blank(args: argparse.Namespace) -> dict[str, Any]:
     stack = np.concatenate([blank, image[20:30], blank])
     models = load_models(args.isbi_models)
     rows = {}
-    for mode, p in _predict_modes(models, stack, MODES).items():
+    for mode, p in _predict_modes(models, stack, MODES, args.tta).items():
         s = isbi_scores(p[3:13], labels[20:30], foreground_value=ISBI_FOREGROUND)
         blank_fg = float(np.mean(p[[0, 1, 2, 13, 14, 15]] > 0.5))
         rows[mode] = {"v_rand": s["v_rand"], "v_info": s["v_info"],
@@ -171,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="network (default: the CLI's, auto); e.g. pipeline")
     p.add_argument("--keep", default=None, choices=["auto", "best", "final"],
                    help="checkpoint kept (default: the CLI's, auto)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=DEFAULT_TTA,
+                   help="test-time augmentation at prediction (default: as `fcres predict`); "
+                        "a folder that already holds a run is predicted again, not retrained")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/scan_norm_stats"))

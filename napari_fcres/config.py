@@ -46,6 +46,14 @@ FEW_LABELS_EMA_DECAY = 0.99
 #: the network ``model.architecture: auto`` trains when few slices are annotated
 FEW_LABELS_ARCHITECTURE = "unet"
 
+#: Forward passes per tile with test-time augmentation (the 8 flips and rotations).
+TTA_PASSES = 8
+#: Whether user-facing predictions (``fcres predict``, ``fcres demo``, the Predict widget)
+#: average the :data:`TTA_PASSES` flips and rotations unless told otherwise.  Chosen on ISBI
+#: slices 12-19 with 3 painted slices: it raised V_rand for every model measured (three
+#: seeds, mean 0.948 -> 0.958), at 8x the prediction time (BENCHMARKS.md 1c).
+#: :func:`napari_fcres.inference.predict` itself (validation, the suggestion) defaults to off.
+DEFAULT_TTA = True
 #: fewer validation slices than this makes the scores "rough"
 MIN_VAL_SLICES = 2
 

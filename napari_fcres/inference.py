@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .config import TTA_PASSES
 from .device import is_out_of_memory, resolve_device
 from .errors import CheckpointError, InputError, OutOfMemoryError, StoppedError
 from .models.norm import VOLUME_STAT_SLICES, SharedImageStatistics
@@ -251,7 +252,8 @@ def predict(
 
     Raw intensities of any real dtype are cast to float32 without
     normalization (the models learned it).  ``tta`` averages the 8 dihedral
-    transforms of every tile.  ``slices`` restricts prediction to those
+    transforms of every tile (off here; the CLI and the Predict widget default to
+    :data:`~napari_fcres.config.DEFAULT_TTA`).  ``slices`` restricts prediction to those
     indices along ``axis`` (the other slices are 0 in every output).
     ``progress(done, total)`` is called after every batch, counting tiles over
     slices and models; ``should_stop()`` is polled between batches and raises
@@ -703,7 +705,7 @@ def _run_model(
     prob_sum: torch.Tensor | None = None
     norm_sum: torch.Tensor | None = None
     got_norm = want_norm
-    transforms = range(8) if tta else range(1)
+    transforms = range(TTA_PASSES) if tta else range(1)
     with torch.inference_mode(), autocast:
         for t in transforms:
             xt = _dihedral(x, t) if t else x

@@ -11,6 +11,8 @@ import tifffile
 
 from napari_fcres.cli import build_parser, main, parse_slices
 from napari_fcres.errors import InputError
+from napari_fcres.inference import predict
+from napari_fcres.runs import load_ensemble
 from napari_fcres.sample_data import synthetic_em_stack
 
 
@@ -72,6 +74,19 @@ def test_train_predict_evaluate(stack_files, tmp_path, capsys):
     assert 0 <= prob.min() and prob.max() <= 1
     assert tifffile.imread(tmp_path / "n.tif").shape == (4, 64, 64)
     assert tifffile.imread(labels_out).shape == (4, 64, 64)
+    # test-time augmentation is the default; --no-tta predicts plainly
+    models = load_ensemble(out)
+    image = tifffile.imread(d / "image.tif")
+    tiles = {"tile_size": 48, "overlap": 8}
+    np.testing.assert_allclose(prob, predict(models, image, tta=True, **tiles).probabilities,
+                               atol=1e-5)
+    assert main(["-q", "predict", str(d / "image.tif"), "--models", str(out), "--out",
+                 str(tmp_path / "plain.tif"), "--probabilities", str(tmp_path / "plain_p.tif"),
+                 "--tile", "48", "--overlap", "8", "--device", "cpu", "--no-tta"]) == 0
+    plain = tifffile.imread(tmp_path / "plain_p.tif")
+    np.testing.assert_allclose(plain, predict(models, image, tta=False, **tiles).probabilities,
+                               atol=1e-5)
+    assert np.abs(plain - prob).max() > 1e-4  # the two really differ
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "p.tif"), str(d / "labels.tif"), "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)

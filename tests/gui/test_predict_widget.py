@@ -227,6 +227,8 @@ def test_ensemble_adds_disagreement(viewer, qtbot, em_layers, trained_checkpoint
     img, sample_labels = em_layers
     widget = make_widget(viewer, [trained_checkpoint, second])
     assert widget.checkpoint_list.checked() == [trained_checkpoint, second]
+    assert widget.tta_check.isChecked()  # test-time augmentation is the default
+    widget.tta_check.setChecked(False)
     widget.tta_check.setChecked(True)
     # the cost is said before it starts
     assert "about 8x the time of a plain prediction" in widget.status_label.text()
