@@ -247,7 +247,7 @@ def test_cli_chunked_writes_ome_zarr_labels(tmp_path, checkpoint, model, volume,
                  "16", "--device", "cpu"])
     assert code == 0
     assert capsys.readouterr().out.strip().endswith("labels/fcres")
-    ref = predict(model, volume, **TILE).probabilities
+    ref = predict(model, volume, tta=True, **TILE).probabilities  # TTA: the CLI default
     prob = read_image(tmp_path / "prob.zarr")
     assert prob.spacing == (2.0, 1.0, 1.0)
     assert np.abs(prob.data - ref).max() < 0.05
@@ -278,7 +278,7 @@ def test_cli_chunked_instances_match_in_memory(tmp_path, checkpoint, model, volu
     assert ids[0] == 0 and len(ids) > 2  # background and more than one instance
     per_slice = [set(np.unique(s)) - {0} for s in labels.data]
     assert not per_slice[0] & per_slice[1]  # ids continue across slices
-    expected = labels_from_probabilities(predict(model, volume, **TILE).probabilities,
+    expected = labels_from_probabilities(predict(model, volume, tta=True, **TILE).probabilities,
                                          mode="instances")
     np.testing.assert_array_equal(labels.data, expected)  # whole-slice blocks: exact
     # 'largest' and --min-size still need the whole volume
