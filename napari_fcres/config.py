@@ -50,10 +50,11 @@ FEW_LABELS_ARCHITECTURE = "unet"
 TTA_PASSES = 8
 #: Whether user-facing predictions (``fcres predict``, ``fcres demo``, the Predict widget)
 #: average the :data:`TTA_PASSES` flips and rotations unless told otherwise.  Chosen on ISBI
-#: slices 12-19 with 3 painted slices: it raised V_rand for every model measured (three
-#: seeds, mean 0.948 -> 0.958), at 8x the prediction time (BENCHMARKS.md 1c).
+#: slices 12-19 with 3 painted slices and 10 one-core minutes: it raised V_rand for each of
+#: three seeds (mean 0.948 -> 0.958), at 8x the prediction time (BENCHMARKS.md 1c).
 #: :func:`napari_fcres.inference.predict` itself (validation, the suggestion) defaults to off.
 DEFAULT_TTA = True
+
 #: fewer validation slices than this makes the scores "rough"
 MIN_VAL_SLICES = 2
 
