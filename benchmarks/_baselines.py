@@ -225,20 +225,13 @@ def _budget_trainer_class(base: type) -> type:
 
 def _dihedral_mean(model: Any, x: Any, tta: bool) -> Any:
     """``model(x)``, or with ``tta`` the mean over the 8 flips/rotations of ``x`` (N, C, H, W)
-    mapped back (H, W multiples of 16 and square or not: rot90 swaps them, the UNet takes
-    either)."""
-    import torch
+    mapped back, with ``napari_fcres.inference``'s own transforms."""
+    from napari_fcres.config import TTA_PASSES
+    from napari_fcres.inference import _dihedral, _dihedral_inverse
 
     if not tta:
         return model(x)
-    total = None
-    for k in range(8):
-        xt = torch.flip(x, dims=(-1,)) if k >= 4 else x
-        yt = model(torch.rot90(xt, k % 4, dims=(-2, -1)))
-        yt = torch.rot90(yt, -(k % 4), dims=(-2, -1))
-        yt = torch.flip(yt, dims=(-1,)) if k >= 4 else yt
-        total = yt if total is None else total + yt
-    return total / 8
+    return sum(_dihedral_inverse(model(_dihedral(x, k)), k) for k in range(TTA_PASSES)) / TTA_PASSES
 
 
 def run_torch_em(
